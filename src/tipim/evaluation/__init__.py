@@ -1,0 +1,1 @@
+"""Measuring recognition: LFW verification of the zoo, and (later) the identification protocol."""
