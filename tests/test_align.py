@@ -71,6 +71,8 @@ def test_align_folder_reports_bad_files_and_resumes(lfw, tmp_path):
     assert recs["B/blank.png"]["status"] == "no_face" and "no face" in recs["B/blank.png"]["error"]
     assert Image.open(tmp_path / "out" / "A" / "a0.png").size == (112, 112)
 
+    png_time = (tmp_path / "out" / "A" / "a0.png").stat().st_mtime_ns
     again = align_folder(src, tmp_path / "out", workers=1, progress=False)
-    assert again["skipped"] == 6 and again["counts"] == {}
-    assert len((tmp_path / "out" / "alignment.jsonl").read_text().splitlines()) == 6
+    assert again["skipped"] == 2 and again["counts"] == {"unreadable": 3, "no_face": 1}  # only failures retried
+    assert (tmp_path / "out" / "A" / "a0.png").stat().st_mtime_ns == png_time
+    assert len((tmp_path / "out" / "alignment.jsonl").read_text().splitlines()) == 10

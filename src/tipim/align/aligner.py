@@ -51,8 +51,18 @@ class FaceAligner:
         self.multi, self.min_score = multi, min_score
 
     def detect(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes (N, 5) and landmarks (N, 5, 2). When nothing passes, one retry with relaxed
+        cascade thresholds finds the hard cases (profile, blur) that the defaults miss."""
         boxes, points = self.detector.detect(image)
         keep = boxes[:, 4] >= self.min_score
+        if not keep.any():
+            strict = self.detector.thresholds
+            self.detector.thresholds = [0.5, 0.6, 0.6]
+            try:
+                boxes, points = self.detector.detect(image)
+            finally:
+                self.detector.thresholds = strict
+            keep = boxes[:, 4] >= min(self.min_score, 0.8)
         return boxes[keep], points[keep]
 
     def pick(self, image: np.ndarray, boxes: np.ndarray) -> list[int]:
@@ -117,13 +127,15 @@ def _align_one(job: tuple[str, str, str]) -> dict:
 
 def align_folder(src: str | Path, out: str | Path, workers: int | None = None, multi: str = "center", progress=True) -> dict:
     """Align every image under ``src`` into ``out`` (same relative paths, PNG) and log each one
-    to ``out/alignment.jsonl``. Images already logged are skipped, so a re-run resumes."""
+    to ``out/alignment.jsonl``. Images already aligned are skipped, so a re-run resumes (and
+    retries the ones that failed)."""
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise FileNotFoundError(f"{src} is not a folder; --src takes a folder of <identity>/<image> files")
     out.mkdir(parents=True, exist_ok=True)
     manifest = out / "alignment.jsonl"
-    done = {r["source"] for r in read_jsonl(manifest)}
+    latest = {r["source"]: r["status"] for r in read_jsonl(manifest)}  # the last line per source wins
+    done = {src for src, status in latest.items() if status == "ok"}
     images = list_images(src)
     jobs = [(str(p), str(p.relative_to(src)), str(out)) for p in images if str(p) not in done]
     workers = workers or min(len(os.sched_getaffinity(0)), 8)

@@ -1,0 +1,27 @@
+"""TIP-IM and its baselines, composed from small parts (objective, selector, step, transform)."""
+
+from tipim.attack.engine import AttackResult, IdentityMaskAttack
+from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
+from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
+from tipim.attack.steps import MomentumStep, project, quantise_within
+from tipim.attack.transforms import RandomAffine, ResizePad
+
+__all__ = [
+    "AttackResult",
+    "FixedTarget",
+    "GreedyInsertion",
+    "IdentityMaskAttack",
+    "MomentumStep",
+    "Naturalness",
+    "NearestTarget",
+    "RandomAffine",
+    "ResizePad",
+    "TargetSelector",
+    "gain",
+    "gaussian_kernel",
+    "identity_distance",
+    "mmd",
+    "project",
+    "quantise_within",
+    "relative_identity_loss",
+]

@@ -1,0 +1,146 @@
+"""The attack loop, composed from small parts: surrogate, transform, objective, selector, step.
+
+One forward pass per step serves every target: the loss is linear in the normalised embedding
+``n`` (``D(n, t) - D(n, r) = 2 n.(r - t) + const``), so the K per-target gradients are K
+vector-Jacobian products through one graph (``grad_mode='loop'``) or one batched product
+(``'batched'``). Greedy insertion then evaluates all B*K candidate steps in a single forward.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tipim.attack.objectives import Naturalness, gain, identity_distance, relative_identity_loss
+from tipim.attack.selection import GreedyInsertion, TargetSelector
+from tipim.attack.steps import MomentumStep, project
+
+
+@dataclass
+class AttackResult:
+    x_p: torch.Tensor  # (B, C, H, W) in [0, 1], inside the eps-ball
+    target: torch.Tensor  # (B,) index of the nearest target after the attack
+    chosen: torch.Tensor  # (B,) target the last step followed
+    changes: torch.Tensor  # (B,) how often the followed target changed
+    d_r: torch.Tensor  # (B,) D(x_p, x_r) under the surrogate
+    d_t: torch.Tensor  # (B,) D(x_p, nearest target)
+    loss: torch.Tensor  # (steps,) mean objective per step
+
+
+class IdentityMaskAttack(nn.Module):
+    """Compute identity masks for a batch of aligned faces against a target set.
+
+    Args:
+        surrogate: embedder (or ensemble) whose gradients drive the attack.
+        step: momentum, step size, eps-ball projection.
+        selector: greedy insertion, fixed, or nearest (dynamic) target.
+        naturalness: ``gamma * MMD`` term, or None.
+        transform: input diversity applied before the surrogate when computing gradients.
+        metric: identity distance, ``l2`` (squared, normalised) or ``cosine``.
+        random_start: start uniformly inside the eps-ball (PGD).
+        grad_mode: ``loop`` (K backward passes through one graph) or ``batched`` (one vmapped pass).
+    """
+
+    def __init__(
+        self,
+        surrogate: nn.Module,
+        step: MomentumStep | None = None,
+        selector: TargetSelector | None = None,
+        naturalness: Naturalness | None = None,
+        transform: nn.Module | None = None,
+        metric: str = "l2",
+        random_start: bool = False,
+        grad_mode: str = "loop",
+    ):
+        super().__init__()
+        if grad_mode not in ("loop", "batched"):
+            raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
+        self.surrogate = surrogate
+        self.step = step or MomentumStep()
+        self.selector = selector or GreedyInsertion()
+        self.naturalness = naturalness
+        self.transform = transform
+        self.metric, self.random_start, self.grad_mode = metric, random_start, grad_mode
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.surrogate(x), dim=-1)
+
+    @torch.no_grad()
+    def embed_targets(self, targets: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        return torch.cat([self.embed(targets[i : i + batch_size]) for i in range(0, len(targets), batch_size)])
+
+    def _identity_grads(self, x, n, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+        """Gradients w.r.t. x of mean_b L_b for every target (which=None: (B, K, C, H, W)) or
+        for one target per image (which: (B,) -> (B, C, H, W))."""
+        leaf = n.detach().requires_grad_(True)
+        b = len(x)
+        if which is None:
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric).sum(0) / b  # (K,)
+            v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
+            if self.grad_mode == "batched":
+                g = torch.autograd.grad(n, x, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0]
+            else:
+                g = torch.stack([torch.autograd.grad(n, x, grad_outputs=v[k], retain_graph=True)[0] for k in range(len(v))])
+            return g.transpose(0, 1)
+        loss = relative_identity_loss(leaf, t_emb[which], n_r, self.metric).sum() / b
+        v = torch.autograd.grad(loss, leaf)[0]
+        return torch.autograd.grad(n, x, grad_outputs=v, retain_graph=True)[0]
+
+    def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None) -> AttackResult:
+        """``x_r`` (B, 3, 112, 112) in [0, 1]; ``t_emb`` (K, D) normalised target embeddings.
+        ``on_step(t, x, target_index, objective)`` is called after every step (logging, checks)."""
+        steps = self.step.steps if steps is None else steps
+        x_r = x_r.detach()
+        with torch.no_grad():
+            n_r = self.embed(x_r)
+        idx = self.selector.initial(n_r, t_emb, self.metric)
+        changes = torch.zeros_like(idx)
+        x = x_r.clone()
+        if self.random_start:
+            x = project(x + (torch.rand_like(x) * 2 - 1) * self.step.eps, x_r, self.step.eps, self.step.norm)
+        g = torch.zeros_like(x)
+        rows = torch.arange(len(x), device=x.device)
+        history = []
+        with torch.enable_grad():
+            for t in range(steps):
+                x = x.detach().requires_grad_(True)
+                xin = self.transform(x) if self.transform is not None else x
+                n = self.embed(xin)
+                nat = self.naturalness(x, x_r) if self.naturalness is not None and self.naturalness.gamma > 0 else None
+                nat_grad = torch.autograd.grad(nat, x, retain_graph=True)[0] if nat is not None else 0.0
+                if self.selector.evaluates_candidates(t):
+                    grads = self._identity_grads(x, n, n_r, t_emb, None) + (nat_grad[:, None] if nat is not None else 0.0)
+                    g_c = self.step.accumulate(g[:, None], grads)
+                    x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
+                    with torch.no_grad():
+                        e_c = self.embed(x_c.flatten(0, 1)).view(len(x), len(t_emb), -1)
+                        d_r = identity_distance(e_c, n_r[:, None], self.metric)
+                        d_t = identity_distance(e_c[:, :, None], t_emb[None, None], self.metric)
+                        new = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
+                    x, g = x_c[rows, new], g_c[rows, new]
+                else:
+                    new = self.selector.assign(t, n, t_emb, idx, self.metric)
+                    grad = self._identity_grads(x, n, n_r, t_emb, new) + nat_grad
+                    g = self.step.accumulate(g, grad)
+                    x = self.step.update(x.detach(), x_r, g)
+                if t > 0:
+                    changes += (new != idx).long()
+                idx = new
+                with torch.no_grad():
+                    obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric).mean()
+                    history.append(float(obj + (nat.detach() if nat is not None else 0.0)))
+                if on_step is not None:
+                    on_step(t, x.detach(), idx, history[-1])
+        x = x.detach()
+        with torch.no_grad():
+            e = self.embed(x)
+            d_t_all = identity_distance(e[:, None], t_emb[None], self.metric)
+            d_t, nearest = d_t_all.min(1)
+            d_r = identity_distance(e, n_r, self.metric)
+        return AttackResult(x, nearest, idx, changes, d_r, d_t, torch.tensor(history))
+
+
+__all__ = ["AttackResult", "IdentityMaskAttack"]

@@ -1,0 +1,221 @@
+"""The attack's parts, each against a direct computation, on a tiny random network."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tipim.attack import (
+    FixedTarget,
+    GreedyInsertion,
+    IdentityMaskAttack,
+    MomentumStep,
+    Naturalness,
+    NearestTarget,
+    RandomAffine,
+    ResizePad,
+    gain,
+    identity_distance,
+    mmd,
+    project,
+    quantise_within,
+    relative_identity_loss,
+)
+
+EPS = 12 / 255
+
+
+class TinyFR(torch.nn.Module):
+    def __init__(self, dim=16, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv1 = torch.nn.Conv2d(3, 8, 5, stride=4)
+        self.conv2 = torch.nn.Conv2d(8, 16, 3, stride=2)
+        self.fc = torch.nn.Linear(16 * 16, dim)
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5
+
+    def forward(self, x):
+        h = torch.tanh(self.conv2(torch.tanh(self.conv1(x * 2 - 1))))
+        return self.fc(F.adaptive_avg_pool2d(h, 4).flatten(1))
+
+
+def smooth_images(n, seed):
+    """Random faces stand-ins with large-scale structure, so embeddings differ."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 6, 6, generator=g)
+    return (F.interpolate(low, size=(112, 112), mode="bilinear", align_corners=False) * 255).round() / 255
+
+
+def same_image(a, b):
+    """Equal up to sign flips of a handful of float-noise gradient entries."""
+    return (a - b).abs().gt(1e-5).float().mean() < 1e-3
+
+
+@pytest.fixture
+def setup():
+    torch.manual_seed(0)
+    net = TinyFR().eval()
+    x_r = smooth_images(4, 1)  # 8-bit
+    targets = smooth_images(5, 2)
+    return net, x_r, targets
+
+
+def test_mmd_equals_a_direct_double_sum():
+    torch.manual_seed(1)
+    x, y = torch.randn(4, 7), torch.randn(4, 7) + 0.5
+    z = torch.cat([x, y])
+    d2 = torch.tensor([[float(((a - b) ** 2).sum()) for b in z] for a in z])
+    bw = d2.sum() / (8 * 8 - 8) / 2 ** (5 // 2)
+    k = lambda i, j: sum(torch.exp(-d2[i, j] / (bw * 2**q)) for q in range(5))  # noqa: E731
+    direct = sum(k(i, j) + k(4 + i, 4 + j) - k(i, 4 + j) - k(4 + i, j) for i in range(4) for j in range(4)) / 16
+    assert torch.allclose(mmd(x, y), direct, atol=1e-5)
+    assert mmd(x, x).abs() < 1e-6 and mmd(x, y) > 0
+
+
+def test_naturalness_single_image_views_are_defined_and_differentiable():
+    x_r = torch.rand(1, 3, 112, 112)
+    x_p = (x_r + 0.03 * torch.randn_like(x_r)).clamp(0, 1).requires_grad_(True)
+    term = Naturalness(gamma=2.0, views=4)(x_p, x_r)
+    assert term.dim() == 0 and term > 0
+    term.backward()
+    assert x_p.grad.abs().sum() > 0
+    assert Naturalness(gamma=1.0)(x_r.clone(), x_r).abs() < 1e-5  # one image, no change -> views mode, ~0
+
+
+def test_gain_max_and_sum_match_their_formulas():
+    d_r, d_t = torch.rand(3), torch.rand(3, 4)
+    want_max = torch.log(1 + torch.exp(d_r[:, None] - d_t).max(1).values)
+    want_sum = torch.log(1 + torch.exp(d_r[:, None] - d_t).sum(1))
+    assert torch.allclose(gain(d_r, d_t, "max"), want_max, atol=1e-6)
+    assert torch.allclose(gain(d_r, d_t, "sum"), want_sum, atol=1e-6)
+
+
+def test_identity_distances():
+    a, b = torch.randn(5, 8), torch.randn(5, 8)
+    cos = F.cosine_similarity(a, b)
+    assert torch.allclose(identity_distance(a, b), ((F.normalize(a) - F.normalize(b)) ** 2).sum(1), atol=1e-6)
+    assert torch.allclose(identity_distance(a, b, "cosine"), 1 - cos, atol=1e-6)
+    assert torch.allclose(relative_identity_loss(a, b, a), identity_distance(a, b))
+    with pytest.raises(ValueError, match="metric"):
+        identity_distance(a, b, "manhattan")
+
+
+def test_projection_and_8bit_quantisation_keep_the_bound():
+    torch.manual_seed(2)
+    x_r = (torch.rand(6, 3, 16, 16) * 255).round() / 255
+    x = x_r + torch.randn_like(x_r) * 0.2
+    p = project(x, x_r, EPS)
+    assert (p - x_r).abs().max() <= EPS + 1e-7 and p.min() >= 0 and p.max() <= 1
+    p2 = project(x, x_r, 0.5, "l2")
+    assert ((p2 - x_r).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
+    # values a hair outside the ball (float error) never leak past 12 levels once written
+    q = quantise_within(x_r + EPS * 1.0004 * torch.sign(torch.randn_like(x_r)), x_r, EPS)
+    assert (q.int() - (x_r * 255).round().int()).abs().max() == 12
+
+
+def test_momentum_step_normalises_per_image_and_takes_sign_steps():
+    s = MomentumStep(eps=EPS, steps=10, step_size="paper", momentum=1.0)
+    grad = torch.randn(2, 3, 4, 4) * torch.tensor([1.0, 100.0]).view(2, 1, 1, 1)
+    g = s.accumulate(torch.zeros_like(grad), grad)
+    assert torch.allclose(g.abs().flatten(1).sum(1), torch.ones(2))
+    x_r = torch.full((2, 3, 4, 4), 0.5)
+    x = s.update(x_r, x_r, g)
+    assert torch.allclose((x - x_r).abs(), torch.full_like(x, 1.5 / 255))
+    assert MomentumStep(eps=EPS, steps=50, step_size="official").alpha == pytest.approx(1.5 * EPS / 50)
+    with pytest.raises(ValueError, match="eps"):
+        MomentumStep(eps=12)
+
+
+@pytest.mark.parametrize("mode", ["loop", "batched"])
+def test_all_target_gradients_equal_per_target_autograd(setup, mode):
+    net, x_r, targets = setup
+    att = IdentityMaskAttack(net, grad_mode=mode)
+    t_emb = att.embed_targets(targets)
+    n_r = att.embed(x_r)
+    x = (x_r + 0.02 * torch.randn_like(x_r)).requires_grad_(True)
+    n = att.embed(x)
+    got = att._identity_grads(x, n, n_r, t_emb, None)
+    for k in range(len(targets)):
+        xk = x.detach().requires_grad_(True)
+        loss = relative_identity_loss(att.embed(xk), t_emb[k].expand(len(x), -1), n_r).mean()
+        (want,) = torch.autograd.grad(loss, xk)
+        assert torch.allclose(got[:, k], want, atol=1e-6, rtol=1e-4)
+
+
+def _brute_force_greedy_step(att, x_r, t_emb):
+    """Alg. 1 written the slow, obvious way: one image, one target, one autograd call at a time."""
+    n_r = att.embed(x_r)
+    out = []
+    for b in range(len(x_r)):
+        best = None
+        for k in range(len(t_emb)):
+            xb = x_r[b : b + 1].clone().requires_grad_(True)
+            loss = relative_identity_loss(att.embed(xb), t_emb[k : k + 1], n_r[b : b + 1]).sum()
+            (grad,) = torch.autograd.grad(loss, xb)
+            g = att.step.accumulate(torch.zeros_like(grad), grad)
+            cand = att.step.update(xb.detach(), x_r[b : b + 1], g)
+            e = att.embed(cand)
+            d_r = identity_distance(e, n_r[b : b + 1])
+            d_t = torch.stack([identity_distance(e, t_emb[j : j + 1]) for j in range(len(t_emb))], -1)
+            value = float(gain(d_r, d_t, "max").detach())
+            if best is None or value > best[0]:
+                best = (value, k, cand)
+        out.append(best)
+    return torch.tensor([o[1] for o in out]), torch.cat([o[2] for o in out])
+
+
+def test_greedy_insertion_picks_the_brute_force_target(setup):
+    net, x_r, targets = setup
+    att = IdentityMaskAttack(net, MomentumStep(steps=1), GreedyInsertion())
+    t_emb = att.embed_targets(targets)
+    r = att(x_r, t_emb)
+    want_idx, want_x = _brute_force_greedy_step(att, x_r, t_emb)
+    assert torch.equal(r.chosen, want_idx)
+    assert same_image(r.x_p, want_x)
+
+
+@pytest.mark.parametrize("selector", [GreedyInsertion(), GreedyInsertion("sum", every=2), NearestTarget(), FixedTarget("nearest")])
+def test_choosing_inside_a_batch_equals_image_by_image(setup, selector):
+    net, x_r, targets = setup
+    att = IdentityMaskAttack(net, MomentumStep(steps=4), selector)
+    t_emb = att.embed_targets(targets)
+    batch = att(x_r, t_emb)
+    for b in range(len(x_r)):
+        one = att(x_r[b : b + 1], t_emb)
+        assert torch.equal(one.chosen, batch.chosen[b : b + 1])
+        assert same_image(one.x_p, batch.x_p[b : b + 1])
+
+
+def test_eps_and_range_hold_after_every_step(setup):
+    net, x_r, targets = setup
+    seen = []
+
+    def check(t, x, idx, obj):
+        seen.append(t)
+        assert (x - x_r).abs().max() <= EPS + 1e-6 and x.min() >= 0 and x.max() <= 1
+        assert idx.shape == (len(x_r),) and idx.max() < len(targets)
+
+    for sel, tf in [(GreedyInsertion(), RandomAffine()), (NearestTarget(), ResizePad(prob=1.0)), (FixedTarget(2), None)]:
+        att = IdentityMaskAttack(net, MomentumStep(steps=6), sel, Naturalness(gamma=1.0), transform=tf, random_start=True)
+        att(x_r, att.embed_targets(targets), on_step=check)
+    assert len(seen) == 18
+
+
+def test_the_attack_moves_faces_towards_targets(setup):
+    net, x_r, targets = setup
+    att = IdentityMaskAttack(net, MomentumStep(steps=20), GreedyInsertion(), Naturalness(gamma=0.5))
+    t_emb = att.embed_targets(targets)
+    n_r = att.embed(x_r)
+    before = identity_distance(n_r[:, None], t_emb[None]).min(1).values
+    r = att(x_r, t_emb)
+    assert (r.d_t - r.d_r < before).all() and (r.d_r > 0).all()  # relative loss fell for every image
+    assert r.loss[-1] < r.loss[0]
+
+
+def test_greedy_every_s_keeps_the_target_between_selections(setup):
+    net, x_r, targets = setup
+    picks = []
+    att = IdentityMaskAttack(net, MomentumStep(steps=6), GreedyInsertion(every=3))
+    att(x_r, att.embed_targets(targets), on_step=lambda t, x, idx, o: picks.append(idx.clone()))
+    assert torch.equal(picks[0], picks[1]) and torch.equal(picks[1], picks[2])
+    assert torch.equal(picks[3], picks[4]) and torch.equal(picks[4], picks[5])
