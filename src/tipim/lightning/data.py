@@ -1,0 +1,157 @@
+"""Faces to protect and the target set, streamed in batches that are the same on any number of
+processes: batches are cut from the sorted id list first, then dealt out to ranks whole, so the
+batch-level MMD term (and every seed) is identical with 1 or N processes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tipim.io import IMAGE_SUFFIXES, ImageReadError, load_rgb, read_jsonl
+
+FACE_SIZE = 112
+
+
+@dataclass(frozen=True)
+class FaceItem:
+    id: str  # relative path without suffix: unique, stable, names the output
+    path: str
+
+
+def scan_faces(source: str | Path) -> list[FaceItem]:
+    """Aligned faces from a folder tree, an image file, or an ``alignment.jsonl`` (its ``ok`` lines)."""
+    source = Path(source)
+    if source.suffix == ".jsonl":
+        if not source.is_file():
+            raise FileNotFoundError(f"{source} does not exist; make it with: tipim data align --src PHOTOS --out DIR")
+        root = source.parent
+        latest = {r["source"]: r for r in read_jsonl(source)}
+        items = [FaceItem(str(Path(r["output"]).relative_to(root).with_suffix("")), r["output"]) for r in latest.values() if r.get("status") == "ok" and r.get("output")]
+    elif source.is_file():
+        items = [FaceItem(source.stem, str(source))]
+    elif source.is_dir():
+        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+        items = [FaceItem(str(p.relative_to(source).with_suffix("")), str(p)) for p in files]
+    else:
+        raise FileNotFoundError(f"faces: {source} is neither a folder, an image nor an alignment.jsonl")
+    ids = [i.id for i in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"faces under {source} have clashing ids (same name, different suffix); rename them")
+    return sorted(items, key=lambda i: i.id)
+
+
+def load_face(path: str | Path) -> torch.Tensor:
+    img = load_rgb(path)
+    if img.shape[:2] != (FACE_SIZE, FACE_SIZE):
+        raise ImageReadError(
+            f"{path}: {img.shape[1]}x{img.shape[0]} is not an aligned {FACE_SIZE}x{FACE_SIZE} face; "
+            "align photos first with: tipim data align --src PHOTOS --out ALIGNED"
+        )
+    return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
+
+
+def load_targets(source: str | Path) -> tuple[list[str], torch.Tensor]:
+    """The target set: one aligned image per identity. A folder of ``<identity>/<image>`` (the
+    first image of each identity) or of flat files (identity = file stem)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise FileNotFoundError(f"targets: {source} is not a folder of aligned target faces")
+    names, images = [], []
+    for entry in sorted(source.iterdir()):
+        if entry.is_dir():
+            files = sorted(p for p in entry.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if files:
+                names.append(entry.name)
+                images.append(load_face(files[0]))
+        elif entry.suffix.lower() in IMAGE_SUFFIXES:
+            names.append(entry.stem)
+            images.append(load_face(entry))
+    if not names:
+        raise ValueError(f"targets: no images under {source}")
+    return names, torch.stack(images)
+
+
+class FaceFolder(Dataset):
+    def __init__(self, items: list[FaceItem]):
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        try:
+            return {"id": item.id, "source": item.path, "image": load_face(item.path), "error": ""}
+        except ImageReadError as e:  # the batch goes on; the writer records the error
+            return {"id": item.id, "source": item.path, "image": torch.zeros(3, FACE_SIZE, FACE_SIZE), "error": str(e)}
+
+
+class ShardedBatches(Sampler[list[int]]):
+    """Consecutive batches of the sorted ids, skipping batches whose ids are all done, dealt
+    round-robin to ranks (batch i goes to rank i % world)."""
+
+    def __init__(self, n: int, batch_size: int, done: set[int], rank: int = 0, world: int = 1):
+        batches = [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
+        todo = [b for b in batches if not all(j in done for j in b)]
+        self.batches = todo[rank::world]
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def collate(rows: list[dict]) -> dict:
+    return {
+        "id": [r["id"] for r in rows],
+        "source": [r["source"] for r in rows],
+        "error": [r["error"] for r in rows],
+        "image": torch.stack([r["image"] for r in rows]),
+    }
+
+
+class ProtectDataModule(L.LightningDataModule):
+    """Aligned faces to protect and the target identities.
+
+    Args:
+        faces: a folder of aligned faces, one aligned image, or an ``alignment.jsonl``.
+        targets: a folder with one aligned face per target identity.
+        output_dir: the run folder; ids already ``ok`` in its ``manifest.jsonl`` are skipped.
+        batch_size: faces per batch (the MMD term is computed over a batch).
+        num_workers: image-decoding workers per process.
+        limit: protect only the first N faces (by id), for quick runs.
+    """
+
+    def __init__(self, faces: str, targets: str, output_dir: str = "runs/protect", batch_size: int = 8, num_workers: int = 0, limit: int | None = None):
+        super().__init__()
+        self.faces, self.targets, self.output_dir = faces, targets, output_dir
+        self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
+        self.items: list[FaceItem] = []
+        self.target_names: list[str] = []
+        self.target_images: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.items = scan_faces(self.faces)[: self.limit]
+        if not self.items:
+            raise ValueError(f"no faces found in {self.faces}")
+        self.target_names, self.target_images = load_targets(self.targets)
+
+    def done_ids(self) -> set[str]:
+        return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
+
+    def predict_dataloader(self) -> DataLoader:
+        done = self.done_ids()
+        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ShardedBatches(len(self.items), self.batch_size, done_idx, rank, world)
+        return DataLoader(FaceFolder(self.items), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate)
+
+
+__all__ = ["FaceFolder", "FaceItem", "ProtectDataModule", "ShardedBatches", "load_face", "load_targets", "scan_faces"]

@@ -1,0 +1,133 @@
+"""TIP-IM as a LightningModule.
+
+The masks are the optimised state, but not as DDP-trained parameters: DDP would average each
+face's gradient with other ranks' faces (see docs/design.md). The attack runs inside
+``predict_step`` (no DDP wrapper, no gradient all-reduce, each face on exactly one rank), with
+gradients re-enabled locally; ``Trainer(inference_mode=False)`` is required.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+from torch import nn
+
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, TargetSelector, quantise_within
+from tipim.models import Ensemble, load_embedder
+
+
+def batch_seed(seed: int, ids: Sequence[str]) -> int:
+    """A seed from the run seed and the batch's image ids: the same batch gets the same
+    randomness on any rank and in any re-run."""
+    h = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode()).digest()
+    return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class ProtectionModule(L.LightningModule):
+    """Protect aligned faces against face recognition with identity masks.
+
+    Args:
+        surrogates: white-box models: zoo names (``tipim models list``) or embedders given as
+            ``class_path`` entries; several make a weighted ensemble.
+        surrogate_weights: ensemble weights (equal by default).
+        method: the name recorded in the manifest (configs/method/*.yaml set the parts below).
+        eps: L-inf bound in 8-bit levels (12 = 12/255); for ``norm: l2`` the L2 radius in [0, 1] units.
+        steps: iterations T.
+        step_size: ``paper`` (1.5/255), ``official`` (1.5 * eps / T) or a number in [0, 1] units.
+        momentum: MI-FGSM decay mu (0 = PGD).
+        norm: ``linf`` or ``l2``.
+        selector: how each image picks its target (greedy insertion, fixed, nearest).
+        gamma: weight of the MMD naturalness term (0 = off).
+        mmd_views: > 0: the single-image MMD mode with this many augmented views.
+        transform: input diversity before the surrogate (None = off).
+        metric: identity distance, ``l2`` or ``cosine``.
+        random_start: start at a random point of the eps-ball (PGD).
+        grad_mode: ``loop`` or ``batched`` per-target gradients (same result, speed differs).
+        seed: run seed; each batch's randomness derives from it and the batch's image ids.
+        output_dir: the run folder (images, manifest.jsonl, config.yaml).
+    """
+
+    def __init__(
+        self,
+        surrogates: list[str | nn.Module] = ["arcface-mbf"],  # noqa: B006 (jsonargparse needs a literal default)
+        surrogate_weights: list[float] | None = None,
+        method: str = "tipim",
+        eps: float = 12.0,
+        steps: int = 50,
+        step_size: str | float = "paper",
+        momentum: float = 1.0,
+        norm: str = "linf",
+        selector: TargetSelector | None = None,
+        gamma: float = 0.0,
+        mmd_views: int = 0,
+        transform: nn.Module | None = None,
+        metric: str = "l2",
+        random_start: bool = False,
+        grad_mode: str = "loop",
+        seed: int = 0,
+        output_dir: str = "runs/protect",
+    ):
+        super().__init__()
+        members = [load_embedder(s) for s in surrogates]
+        surrogate = members[0] if len(members) == 1 and surrogate_weights is None else Ensemble(members, surrogate_weights)
+        self.surrogate_names = [getattr(m, "name", type(m).__name__) for m in members]
+        eps_unit = eps / 255.0 if norm == "linf" else eps
+        self.eps_8bit = eps if norm == "linf" else None
+        self.attack = IdentityMaskAttack(
+            surrogate,
+            MomentumStep(eps_unit, steps, step_size, momentum, norm),
+            selector or GreedyInsertion(),
+            Naturalness(gamma, mmd_views) if gamma > 0 else None,
+            transform,
+            metric,
+            random_start,
+            grad_mode,
+        )
+        self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
+        self.target_names: list[str] = []
+        self.register_buffer("target_embeddings", torch.empty(0), persistent=False)
+
+    def configure_callbacks(self):
+        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter
+
+        return [ProtectedImageWriter(self.output_dir), AttackStatsLogger()]
+
+    def on_predict_start(self) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or dm.target_images is None:
+            raise RuntimeError("ProtectionModule needs a ProtectDataModule with a target set")
+        self.target_names = list(dm.target_names)
+        self.target_embeddings = self.attack.embed_targets(dm.target_images.to(self.device))
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
+        out = {k: batch[k] for k in ("id", "source", "error")}
+        out["ok"] = ok
+        if not ok.any():
+            return out
+        x_r = batch["image"][ok.to(batch["image"].device)]
+        torch.manual_seed(batch_seed(self.seed, batch["id"]))
+        start = time.perf_counter()
+        with torch.enable_grad():
+            r = self.attack(x_r, self.target_embeddings)
+        out.update(
+            x_r=(x_r * 255).round().to(torch.uint8).cpu(),
+            x_p=quantise_within(r.x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0).cpu()
+            if self.eps_8bit
+            else (r.x_p * 255).round().to(torch.uint8).cpu(),
+            target=[self.target_names[i] for i in r.target.tolist()],
+            chosen=[self.target_names[i] for i in r.chosen.tolist()],
+            changes=r.changes.cpu(),
+            d_r=r.d_r.cpu(),
+            d_t=r.d_t.cpu(),
+            objective=r.loss,
+            seconds=time.perf_counter() - start,
+        )
+        return out
+
+
+__all__ = ["ProtectionModule", "batch_seed"]
