@@ -50,7 +50,22 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    cli = ProtectCLI(
+    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    try:
+        cli = _build(argv)
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    except (KeyError, FileNotFoundError, ValueError) as e:  # bad config or input: say what and how to fix
+        print(f"tipim protect: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
+        return 2
+    if cli.trainer.is_global_zero:
+        line, failed = summarise(cli.model.output_dir)
+        print(line, flush=True)
+        return 1 if failed else 0
+    return 0
+
+
+def _build(argv: list[str] | None) -> ProtectCLI:
+    return ProtectCLI(
         ProtectionModule,
         ProtectDataModule,
         run=False,
@@ -65,12 +80,6 @@ def main(argv: list[str] | None = None) -> int:
         },
         parser_kwargs={"description": "Protect aligned faces with identity masks (TIP-IM and baselines)."},
     )
-    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    if cli.trainer.is_global_zero:
-        line, failed = summarise(cli.model.output_dir)
-        print(line, flush=True)
-        return 1 if failed else 0
-    return 0
 
 
 if __name__ == "__main__":

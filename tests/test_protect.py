@@ -1,0 +1,132 @@
+"""End to end through the CLI: real arcface-mbf, real faces, real processes (gloo DDP, SIGKILL)."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import need_model
+
+TIPIM = [sys.executable, "-m", "tipim.cli"]
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory):
+    need_model("arcface-mbf")
+    need_model("mtcnn")
+    need_model("demo")
+    from tipim.demo import prepare_demo
+
+    out = tmp_path_factory.mktemp("demo")
+    prepare_demo(out)
+    # protect the ten team faces (more ids than the demo's four), towards the four demo faces
+    return {"faces": out / "targets", "targets": out / "faces"}
+
+
+def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: bool = False):
+    cmd = [
+        *TIPIM, "protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
+        "--data.faces", str(demo_data["faces"]), "--data.targets", str(demo_data["targets"]),
+        "--data.output_dir", str(out), "--data.batch_size", "2", "--model.steps", "4",
+        "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false",
+        *(["--trainer.strategy", "ddp"] if devices > 1 else []), *extra,
+    ]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    repo = Path(__file__).resolve().parents[1]
+    if background:
+        return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    return subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+def manifest(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+
+
+def pixels(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
+
+
+@pytest.fixture(scope="session")
+def single_run(demo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("single")
+    r = protect(demo_data, out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out, r
+
+
+def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
+    out, r = single_run
+    rows = manifest(out)
+    ids = sorted(p.stem for p in demo_data["faces"].glob("*.png"))
+    assert sorted(x["id"] for x in rows) == ids
+    for x in rows:
+        assert x["status"] == "ok" and x["method"] == "mim" and x["surrogates"] == ["arcface-mbf"]
+        assert x["eps"] == 12 and x["steps"] == 4 and x["target"] in {"astronaut", "player_gdp_0", "player_gdp_1", "player_gdp_2"}
+        diff = np.abs(pixels(x["output"]) - pixels(x["source"])).max()
+        assert diff == x["linf"] <= 12 and diff > 0
+    assert (out / "config.yaml").is_file() and "mim" in (out / "config.yaml").read_text()
+    assert "10 faces: 10 protected, 0 failed" in r.stdout
+
+
+def test_two_process_ddp_writes_each_face_once_and_matches_one_process(single_run, demo_data, tmp_path):
+    ref, _ = single_run
+    r = protect(demo_data, tmp_path / "ddp", devices=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = manifest(tmp_path / "ddp")
+    assert len(rows) == 10 and len({x["id"] for x in rows}) == 10
+    assert {x["rank"] for x in rows} == {0, 1}  # both processes did work
+    for x in rows:
+        assert np.array_equal(pixels(x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
+
+
+def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_data, tmp_path):
+    ref, _ = single_run
+    out = tmp_path / "killed"
+    p = protect(demo_data, out, "--model.steps", "4", background=True)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        lines = (out / "manifest.jsonl").read_text().splitlines() if (out / "manifest.jsonl").exists() else []
+        if len(lines) >= 3:
+            break
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    first = len(manifest(out))
+    assert 3 <= first < 10, "the kill came too late to test resuming"
+    r = protect(demo_data, out)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = manifest(out)
+    assert sorted(x["id"] for x in rows) == sorted({x["id"] for x in rows})  # no id twice
+    assert len(rows) == 10
+    assert not list(out.rglob("*.part"))  # no half-written file left behind
+    for x in rows:
+        assert np.array_equal(pixels(x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
+
+
+def test_bad_faces_are_reported_and_the_rest_protected(demo_data, tmp_path):
+    faces = tmp_path / "faces"
+    shutil.copytree(demo_data["faces"], faces)
+    (faces / "broken.png").write_bytes(b"\x89PNG not really")
+    Image.new("RGB", (250, 250)).save(faces / "not_aligned.png")
+    r = protect({"faces": faces, "targets": demo_data["targets"]}, tmp_path / "out", "--model.steps", "1")
+    assert r.returncode == 1  # something failed
+    rows = {x["id"]: x for x in manifest(tmp_path / "out")}
+    assert rows["broken"]["status"] == "error" and "broken.png" in rows["broken"]["error"]
+    assert "tipim data align" in rows["not_aligned"]["error"]
+    assert sum(x["status"] == "ok" for x in rows.values()) == 10
+    assert "12 faces: 10 protected, 2 failed" in r.stdout
+
+
+def test_unknown_model_and_missing_folder_give_clear_errors(demo_data, tmp_path):
+    r = protect(demo_data, tmp_path / "o", "--model.surrogates", "[resnet-nope]")
+    assert r.returncode == 2 and "unknown zoo model 'resnet-nope'" in r.stderr and "tipim models list" in r.stderr
+    r = protect({"faces": tmp_path / "nowhere", "targets": demo_data["targets"]}, tmp_path / "o2")
+    assert r.returncode == 2 and "nowhere" in r.stderr
