@@ -27,6 +27,13 @@ $(MODELS_STAMP): $(STAMP) src/tipim/zoo/registry.py
 setup: $(MODELS_STAMP) ## create .venv, install the package, fetch and verify model weights
 	@$(BIN)/tipim models list
 
+demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (runs/demo)
+	$(BIN)/tipim data demo --out data/demo
+	$(BIN)/tipim protect --config configs/demo.yaml
+
+bench: setup ## engine vs the official algorithm's loop, and ablations (benchmarks/results)
+	$(BIN)/python benchmarks/bench_engine.py
+
 test: setup ## run the test suite (CPU; about 10 minutes on 2 cores)
 	$(BIN)/pytest -q
 
@@ -42,4 +49,4 @@ verify: align-lfw ## LFW 10-fold verification of every zoo model; writes results
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb
 
-.PHONY: help setup test test-fast align-lfw verify clean
+.PHONY: help setup demo bench test test-fast align-lfw verify clean
