@@ -130,3 +130,32 @@ def test_unknown_model_and_missing_folder_give_clear_errors(demo_data, tmp_path)
     assert r.returncode == 2 and "unknown zoo model 'resnet-nope'" in r.stderr and "tipim models list" in r.stderr
     r = protect({"faces": tmp_path / "nowhere", "targets": demo_data["targets"]}, tmp_path / "o2")
     assert r.returncode == 2 and "nowhere" in r.stderr
+
+
+def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
+    """A user's TorchScript model and a zoo model, declared in YAML, make a weighted ensemble."""
+    import torch
+    import yaml
+
+    from tipim.lightning.cli import _build
+    from tipim.models import Ensemble, TorchScriptEmbedder
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 32))
+    torch.jit.save(torch.jit.trace(net.eval(), torch.rand(1, 3, 112, 112)), tmp_path / "mine.pt")
+    cfg = {
+        "model": {
+            "surrogates": [
+                "arcface-mbf",
+                {"class_path": "tipim.models.TorchScriptEmbedder", "init_args": {"path": str(tmp_path / "mine.pt"), "name": "mine"}},
+            ],
+            "surrogate_weights": [2.0, 1.0],
+        },
+        "data": {"faces": str(demo_data["faces"]), "targets": str(demo_data["targets"]), "output_dir": str(tmp_path / "o")},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    cli = _build(["--config", "configs/protect.yaml", "--config", str(tmp_path / "c.yaml"), "--trainer.accelerator", "cpu"])
+    sur = cli.model.attack.surrogate
+    assert isinstance(sur, Ensemble) and isinstance(sur.members[1], TorchScriptEmbedder)
+    assert cli.model.surrogate_names == ["arcface-mbf", "mine"]
+    assert torch.allclose(sur.weights, torch.tensor([2 / 3, 1 / 3]))
+    assert sur(torch.rand(2, 3, 112, 112)).shape == (2, 512 + 32)
