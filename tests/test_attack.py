@@ -219,3 +219,13 @@ def test_greedy_every_s_keeps_the_target_between_selections(setup):
     att(x_r, att.embed_targets(targets), on_step=lambda t, x, idx, o: picks.append(idx.clone()))
     assert torch.equal(picks[0], picks[1]) and torch.equal(picks[1], picks[2])
     assert torch.equal(picks[3], picks[4]) and torch.equal(picks[4], picks[5])
+
+
+def test_input_diversity_keeps_shape_and_passes_gradients():
+    x = torch.rand(2, 3, 112, 112, requires_grad=True)
+    for tf in (ResizePad(prob=1.0), RandomAffine(prob=1.0)):
+        y = tf(x)
+        assert y.shape == x.shape and not torch.allclose(y, x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert grad.abs().sum() > 0
+    assert torch.equal(ResizePad(prob=0.0)(x), x)

@@ -4,6 +4,7 @@ which the Lightning module seeds per batch."""
 
 from __future__ import annotations
 
+import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,11 +24,11 @@ class ResizePad(nn.Module):
         s = x.shape[-1]
         big = int(s * self.rate)
         rnd = int(torch.randint(s, big, ()))
-        y = F.interpolate(x, size=(rnd, rnd), mode="nearest")
+        y = KT.resize(x, (rnd, rnd), interpolation="nearest")
         top = int(torch.randint(0, big - rnd + 1, ()))
         left = int(torch.randint(0, big - rnd + 1, ()))
         y = F.pad(y, (left, big - rnd - left, top, big - rnd - top))
-        return F.interpolate(y, size=(s, s), mode="bilinear", align_corners=False)
+        return KT.resize(y, (s, s), interpolation="bilinear", align_corners=False)
 
 
 class RandomAffine(nn.Module):
