@@ -107,8 +107,9 @@ def main():
     x, targets = x.to(dev), targets.to(dev)
     K = len(targets)
 
-    def engine(cls=IdentityMaskAttack, steps=a.steps, every=1, grad_mode="loop", faces=x):
-        att = cls(model, MomentumStep(steps=steps), GreedyInsertion(every=every), grad_mode=grad_mode)
+    def engine(cls=IdentityMaskAttack, steps=a.steps, every=1, grad_mode="loop", faces=x, channels_last=True):
+        model.to(memory_format=torch.contiguous_format)
+        att = cls(model, MomentumStep(steps=steps), GreedyInsertion(every=every), grad_mode=grad_mode, channels_last=channels_last)
         t_emb = att.embed_targets(targets)
         return att(faces, t_emb)
 
@@ -127,6 +128,7 @@ def main():
     xr = x[: a.reference_faces]
     with torch.no_grad():
         t_emb = F.normalize(model(targets), dim=1)
+    model.to(memory_format=torch.contiguous_format)
     t_ref, _ = timed(lambda: (reference_attack(model, xr, t_emb, a.steps), sync()))
     t_eng, _ = timed(lambda: (engine(), sync()))
     ref_ips, eng_ips = a.reference_faces / t_ref, len(x) / t_eng
@@ -144,21 +146,25 @@ def main():
         abl[label] = sec / (faces * T)
         print(f"  {label:55s} {abl[label]:.4f} s/img/step", flush=True)
 
-    per_step("reference loop (1 image, per-target fwd+bwd)", lambda: reference_attack(model, xr[:1], t_emb, T), 1)
-    per_step("batched images, per-target fwd+bwd", lambda: engine(SeparateForwards, T), len(x))
-    per_step("batched images, shared forward, K backward (default)", lambda: engine(steps=T), len(x))
-    per_step("batched images, shared forward, one batched VJP", lambda: engine(steps=T, grad_mode="batched"), len(x))
-    model_cl = model.to(memory_format=torch.channels_last)
-    per_step("default + channels_last", lambda: engine(steps=T, faces=x.contiguous(memory_format=torch.channels_last)), len(x))
-    model.to(memory_format=torch.contiguous_format)
-    del model_cl
+    DEFAULT = "batched images, shared forward, K backward, channels_last (default)"
+
+    def reference_contiguous():
+        model.to(memory_format=torch.contiguous_format)
+        return reference_attack(model, xr[:1], t_emb, T)
+
+    per_step("reference loop (1 image, per-target fwd+bwd)", reference_contiguous, 1)
+    per_step("batched images, per-target fwd+bwd", lambda: engine(SeparateForwards, T, channels_last=False), len(x))
+    per_step("batched images, shared forward, K backward", lambda: engine(steps=T, channels_last=False), len(x))
+    per_step("batched images, shared forward, one batched VJP", lambda: engine(steps=T, grad_mode="batched", channels_last=False), len(x))
+    per_step(DEFAULT, lambda: engine(steps=T), len(x))
+    per_step("batched images, shared forward, K backward (again, order check)", lambda: engine(steps=T, channels_last=False), len(x))
     for s in (2, 5, 10):
         per_step(f"default, greedy selection every {s} steps", lambda s=s: engine(steps=T, every=s), len(x))
-    mi = IdentityMaskAttack(model, MomentumStep(steps=T), GreedyInsertion(every=10**9))
+    mi = IdentityMaskAttack(model, MomentumStep(steps=T), GreedyInsertion(every=10**9), channels_last=True)
     per_step("plain momentum step (no selection after step 0)", lambda: mi(x, mi.embed_targets(targets)), len(x))
     results["ablation_steps"] = T
     results["seconds_per_image_step"] = abl
-    base = abl["batched images, shared forward, K backward (default)"]
+    base = abl[DEFAULT]
     results["relative_to_default"] = {k: v / base for k, v in abl.items()}
 
     out = Path(a.out)
