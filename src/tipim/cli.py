@@ -94,6 +94,39 @@ def _data_demo(args) -> int:
     return 0
 
 
+def _protocol_build(args) -> int:
+    from tipim.evaluation.protocol import build_protocol
+
+    proto = build_protocol(args.aligned, args.seed, args.protected, args.targets, args.distractors, tuple(args.target_images))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(proto, indent=1) + "\n")
+    print(
+        f"{out}: {len(proto['probes'])} probes, {len(proto['targets'])} targets, {len(proto['gallery'])} gallery images "
+        f"({len(proto['distractor_identities'])} distractor identities), seed {args.seed}"
+    )
+    return 0
+
+
+def _evaluate(args) -> int:
+    from tipim.evaluation.evaluate import evaluate_runs, markdown_table
+    from tipim.models import ZooEmbedder
+
+    models = {name: ZooEmbedder(name) for name in args.models}
+    rows = evaluate_runs(args.protocol, args.runs, models, args.aligned, args.batch_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    table = markdown_table(rows, args.title)
+    (out / "results.md").write_text(table)
+    print(table)
+    if args.wandb:
+        from tipim.reporting import log_results_to_wandb
+
+        log_results_to_wandb(rows, vars(args), project=args.wandb_project, save_dir=str(out))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
     sub = p.add_subparsers(dest="command", required=True)
@@ -124,6 +157,28 @@ def build_parser() -> argparse.ArgumentParser:
     d = data.add_parser("demo", help="make the demo's aligned faces and targets from packaged sample photos")
     d.add_argument("--out", default="data/demo")
     d.set_defaults(func=_data_demo)
+    proto = sub.add_parser("protocol", help="identification protocols").add_subparsers(dest="action", required=True)
+    b = proto.add_parser("build", help="the paper's open-set split of an aligned tree into protocol.json")
+    b.add_argument("--aligned", default="data/lfw-aligned", help="aligned <identity>/<image> tree")
+    b.add_argument("--out", default="results/protocol.json")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--protected", type=int, default=500)
+    b.add_argument("--targets", type=int, default=10)
+    b.add_argument("--distractors", type=int, default=500)
+    b.add_argument("--target-images", type=int, nargs=2, default=[3, 10], metavar=("MIN", "MAX"), help="images a target identity may have")
+    b.set_defaults(func=_protocol_build)
+
+    e = sub.add_parser("evaluate", help="rank protected probes against the gallery, per evaluation model")
+    e.add_argument("--protocol", required=True)
+    e.add_argument("--runs", nargs="+", required=True, help="protection run folders (with manifest.jsonl)")
+    e.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    e.add_argument("--aligned", help="root of the protocol's paths (default: the one it records)")
+    e.add_argument("--out", required=True, help="folder for results.json and results.md")
+    e.add_argument("--title", default="Identity protection on the LFW protocol")
+    e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
+    e.add_argument("--wandb-project", default="tipim")
+    e.set_defaults(func=_evaluate)
     return p
 
 

@@ -24,10 +24,21 @@ class FaceItem:
     path: str
 
 
-def scan_faces(source: str | Path) -> list[FaceItem]:
-    """Aligned faces from a folder tree, an image file, or an ``alignment.jsonl`` (its ``ok`` lines)."""
+def _protocol(source: Path, root: str | Path | None) -> tuple[dict, Path]:
+    from tipim.evaluation.protocol import load_protocol
+
+    proto = load_protocol(source)
+    return proto, Path(root or proto["root"])
+
+
+def scan_faces(source: str | Path, root: str | Path | None = None) -> list[FaceItem]:
+    """Aligned faces from a folder tree, an image file, an ``alignment.jsonl`` (its ``ok`` lines),
+    or a ``protocol.json`` (its probes; paths relative to ``root`` or the protocol's root)."""
     source = Path(source)
-    if source.suffix == ".jsonl":
+    if source.suffix == ".json":
+        proto, base = _protocol(source, root)
+        items = [FaceItem(str(Path(p["path"]).with_suffix("")), str(base / p["path"])) for p in proto["probes"]]
+    elif source.suffix == ".jsonl":
         if not source.is_file():
             raise FileNotFoundError(f"{source} does not exist; make it with: tipim data align --src PHOTOS --out DIR")
         root = source.parent
@@ -56,10 +67,14 @@ def load_face(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(img).permute(2, 0, 1).float() / 255.0
 
 
-def load_targets(source: str | Path) -> tuple[list[str], torch.Tensor]:
+def load_targets(source: str | Path, root: str | Path | None = None) -> tuple[list[str], torch.Tensor]:
     """The target set: one aligned image per identity. A folder of ``<identity>/<image>`` (the
-    first image of each identity) or of flat files (identity = file stem)."""
+    first image of each identity), of flat files (identity = file stem), or a ``protocol.json``
+    (its optimisation images)."""
     source = Path(source)
+    if source.suffix == ".json":
+        proto, base = _protocol(source, root)
+        return [t["identity"] for t in proto["targets"]], torch.stack([load_face(base / t["path"]) for t in proto["targets"]])
     if not source.is_dir():
         raise FileNotFoundError(f"targets: {source} is not a folder of aligned target faces")
     names, images = [], []
@@ -121,27 +136,38 @@ class ProtectDataModule(L.LightningDataModule):
     """Aligned faces to protect and the target identities.
 
     Args:
-        faces: a folder of aligned faces, one aligned image, or an ``alignment.jsonl``.
-        targets: a folder with one aligned face per target identity.
+        faces: a folder of aligned faces, one aligned image, an ``alignment.jsonl``, or a
+            ``protocol.json`` (its probes).
+        targets: a folder with one aligned face per target identity, or a ``protocol.json``.
+        root: where a protocol's relative paths start (default: the root it records).
         output_dir: the run folder; ids already ``ok`` in its ``manifest.jsonl`` are skipped.
         batch_size: faces per batch (the MMD term is computed over a batch).
         num_workers: image-decoding workers per process.
         limit: protect only the first N faces (by id), for quick runs.
     """
 
-    def __init__(self, faces: str, targets: str, output_dir: str = "runs/protect", batch_size: int = 8, num_workers: int = 0, limit: int | None = None):
+    def __init__(
+        self,
+        faces: str,
+        targets: str,
+        output_dir: str = "runs/protect",
+        batch_size: int = 8,
+        num_workers: int = 0,
+        limit: int | None = None,
+        root: str | None = None,
+    ):
         super().__init__()
-        self.faces, self.targets, self.output_dir = faces, targets, output_dir
+        self.faces, self.targets, self.output_dir, self.root = faces, targets, output_dir, root
         self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
         self.items: list[FaceItem] = []
         self.target_names: list[str] = []
         self.target_images: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.items = scan_faces(self.faces)[: self.limit]
+        self.items = scan_faces(self.faces, self.root)[: self.limit]
         if not self.items:
             raise ValueError(f"no faces found in {self.faces}")
-        self.target_names, self.target_images = load_targets(self.targets)
+        self.target_names, self.target_images = load_targets(self.targets, self.root)
 
     def done_ids(self) -> set[str]:
         return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}

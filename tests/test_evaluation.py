@@ -1,0 +1,158 @@
+"""Protocol, rank metrics (against hand-made rankings, and reduced across 2 gloo processes),
+and `tipim evaluate` end to end on real LFW faces with a W&B offline run read back."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import need_model
+from tipim.evaluation.metrics import RankSuccess, SetMMD
+from tipim.evaluation.protocol import build_protocol
+
+
+def fake_tree(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (4, 4)).save(root / name / f"{name}_{i:04d}.png")
+    return root
+
+
+def test_protocol_split_is_disjoint_bounded_and_seeded(tmp_path):
+    counts = {f"p{i:03d}": 1 + (i % 7) + (40 if i % 25 == 0 else 0) for i in range(120)}
+    root = fake_tree(tmp_path / "tree", counts)
+    p = build_protocol(root, seed=3, n_protected=20, n_targets=5, n_distractors=30, target_images=(3, 6))
+    assert len(p["probes"]) == 20 and len(p["targets"]) == 5 and len(p["distractor_identities"]) == 30
+    prot, tgt, dis = set(p["protected_identities"]), set(p["target_identities"]), set(p["distractor_identities"])
+    assert not (prot & tgt or prot & dis or tgt & dis)
+    assert all(3 <= counts[t] <= 6 for t in tgt)  # no target floods the gallery
+    gallery = {g["path"] for g in p["gallery"]}
+    assert not gallery & {x["path"] for x in p["probes"]}  # a probe is never in the gallery
+    assert not gallery & {x["path"] for x in p["targets"]}  # nor an optimisation image
+    for t in tgt:  # the rest of each target's images are
+        assert sum(g["identity"] == t for g in p["gallery"]) == counts[t] - 1
+    for d in dis:
+        assert sum(g["identity"] == d for g in p["gallery"]) == counts[d]
+    assert p == build_protocol(root, seed=3, n_protected=20, n_targets=5, n_distractors=30, target_images=(3, 6))
+    assert p != build_protocol(root, seed=4, n_protected=20, n_targets=5, n_distractors=30, target_images=(3, 6))
+    with pytest.raises(ValueError, match="targets"):
+        build_protocol(root, n_targets=500)
+
+
+def test_paper_sized_protocol_on_lfw(lfw):
+    p = build_protocol(lfw, seed=0)
+    assert len(p["probes"]) == 500 and len(p["targets"]) == 10 and len(p["distractor_identities"]) == 500
+    assert all(3 <= len(list((lfw / t).iterdir())) <= 10 for t in p["target_identities"])
+
+
+def test_rank_success_on_hand_made_rankings():
+    # gallery identities: 0 0 1 2 3 4 5 6 ; targets {5, 6}; two probes of identity 0
+    g = torch.tensor([0, 0, 1, 2, 3, 4, 5, 6])
+    scores = torch.tensor(
+        [
+            [0.1, 0.0, 0.2, 0.3, 0.4, 0.5, 0.9, 0.6],  # nearest: 5(target), 6(target), 4, 3, 2 -> t@1, t@5, ut@1, ut@5
+            [0.95, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.0],  # nearest: 0(true) -> no success at all
+        ]
+    )
+    m = RankSuccess()
+    m.update(scores, g, torch.tensor([0, 0]), torch.tensor([5, 6]))
+    r = m.compute()
+    assert r["rank1_t"] == 0.5 and r["rank5_t"] == 1.0  # probe 2's top 5 holds identity 5
+    assert r["rank1_ut"] == 0.5 and r["rank5_ut"] == 0.5
+    with pytest.raises(ValueError, match="scores"):
+        m.update(scores[:, :3], g, torch.tensor([0, 0]), torch.tensor([5]))
+
+
+def _ddp_worker(rank, world, init_file, scores, g, true, tgt, out):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    m = RankSuccess()
+    m.update(scores[rank::world], g, true[rank::world], tgt)  # uneven shards
+    r = m.compute()  # a collective: every rank calls it
+    if rank == 0:
+        torch.save({k: float(v) for k, v in r.items()}, out)
+    dist.destroy_process_group()
+
+
+def test_rank_success_reduces_across_two_processes(tmp_path):
+    torch.manual_seed(0)
+    scores, g = torch.rand(7, 40), torch.randint(0, 9, (40,))
+    true, tgt = torch.randint(0, 9, (7,)), torch.tensor([3, 4])
+    single = RankSuccess()
+    single.update(scores, g, true, tgt)
+    want = {k: float(v) for k, v in single.compute().items()}
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), scores, g, true, tgt, str(tmp_path / "r.pt")), nprocs=2)
+    assert torch.load(tmp_path / "r.pt") == pytest.approx(want)
+
+
+def test_set_mmd_is_zero_for_identical_sets_and_positive_otherwise():
+    x = torch.rand(6, 3, 8, 8)
+    m = SetMMD()
+    m.update(x, x)
+    assert float(m.compute()) == pytest.approx(0.0, abs=1e-6)
+    m2 = SetMMD()
+    m2.update((x + 0.2).clamp(0, 1), x)
+    assert float(m2.compute()) > 0
+
+
+@pytest.fixture(scope="module")
+def lfw_protocol(lfw, tmp_path_factory):
+    need_model("mtcnn")
+    from tipim.align.aligner import align_folder
+
+    src = tmp_path_factory.mktemp("lfwsub")
+    people = ["Abel_Pacheco", "Akhmed_Zakayev", "Amber_Tamblyn", "Anders_Fogh_Rasmussen", "Angela_Bassett", "Ann_Veneman", "Aaron_Peirsol", "Adrien_Brody", "Alan_Greenspan"]
+    for p in people:
+        (src / p).mkdir()
+        for f in sorted((lfw / p).iterdir())[:4]:
+            (src / p / f.name).write_bytes(f.read_bytes())
+    aligned = tmp_path_factory.mktemp("aligned")
+    align_folder(src, aligned, workers=2, progress=False)
+    proto = build_protocol(aligned, seed=1, n_protected=4, n_targets=2, n_distractors=3, target_images=(2, 4))
+    path = aligned / "protocol.json"
+    path.write_text(json.dumps(proto))
+    return path
+
+
+def test_evaluate_end_to_end_with_wandb_offline(lfw_protocol, tmp_path):
+    need_model("arcface-mbf")
+    need_model("sface")
+    repo = Path(__file__).resolve().parents[1]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "tipim.cli", "protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
+           "--data.faces", str(lfw_protocol), "--data.targets", str(lfw_protocol), "--data.output_dir", str(run),
+           "--model.steps", "10", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "tipim.cli", "evaluate", "--protocol", str(lfw_protocol), "--runs", str(run),
+           "--models", "arcface-mbf", "sface", "--out", str(out), "--wandb"]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [(x["eval_model"], x["white_box"]) for x in rows] == [("arcface-mbf", True), ("sface", False)]
+    for x in rows:
+        assert x["method"] == "mim" and x["n_probes"] == 4 and x["surrogates"] == ["arcface-mbf"]
+        assert 0 <= x["rank1_t"] <= x["rank5_t"] <= 1 and 0 <= x["rank1_ut"] <= x["rank5_ut"] <= 1
+        assert 20 < x["psnr"] < 60 and 0 < x["ssim"] < 1 and x["mmd"] >= 0
+    assert rows[0]["rank1_t"] >= 0.5  # white box, 10 MIM steps: most probes already land on a target
+    assert rows[0]["clean_rank1"] >= 0.75  # unprotected probes are recognised
+    table = (out / "results.md").read_text()
+    assert "| mim | arcface-mbf |" in table and " *" in table
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    logged = next(runs[0].glob("run-*.wandb")).read_bytes()
+    for key in (b"results", b"mim/arcface-mbf/sface/rank1_t", b"protocol"):  # table, metrics, config
+        assert key in logged, key
+    (table,) = runs[0].glob("files/media/table/results_*.table.json")
+    t = json.loads(table.read_text())
+    assert t["columns"][:3] == ["method", "surrogates", "eval_model"] and len(t["data"]) == 2
