@@ -159,3 +159,27 @@ def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
     assert cli.model.surrogate_names == ["arcface-mbf", "mine"]
     assert torch.allclose(sur.weights, torch.tensor([2 / 3, 1 / 3]))
     assert sur(torch.rand(2, 3, 112, 112)).shape == (2, 512 + 32)
+
+
+def test_wandb_offline_run_logs_attack_statistics_and_only_requested_images(demo_data, tmp_path):
+    def run(out, *extra):
+        r = protect(
+            demo_data, out, "--model.steps", "1", "--data.limit", "2",
+            "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
+            "--trainer.logger.save_dir", str(out), "--trainer.logger.project", "tipim-test", *extra,
+        )
+        assert r.returncode == 0, r.stdout + r.stderr
+        (run_dir,) = (out / "wandb").glob("offline-run-*")
+        return run_dir
+
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        plain = run(tmp_path / "plain")
+        with_faces = run(tmp_path / "faces", "--model.log_images", "2")
+    finally:
+        os.environ["WANDB_MODE"] = "disabled"
+    logged = next(plain.glob("run-*.wandb")).read_bytes()
+    for key in (b"attack/objective_last", b"attack/surrogate_success", b"attack/faces_per_s", b"surrogates"):
+        assert key in logged, key
+    assert not list(plain.rglob("*.png"))  # no face leaves the machine unless asked
+    assert len(list(with_faces.rglob("media/images/faces/*.png"))) == 2

@@ -90,11 +90,18 @@ class ProtectedImageWriter(BasePredictionWriter):
 
 class AttackStatsLogger(Callback):
     """Per-batch attack statistics to the trainer's logger (CSV, TensorBoard, W&B): objective,
-    surrogate distances, surrogate success, target changes, faces per second."""
+    surrogate distances, surrogate success, target changes, faces per second.
 
-    def __init__(self):
+    ``log_images > 0`` also logs, once, a panel of that many original / protected / mask x10
+    faces to loggers that take images (W&B). Off by default: faces leave the machine only when a
+    user asks for it.
+    """
+
+    def __init__(self, log_images: int = 0):
         self.faces = 0
         self.start = 0.0
+        self.log_images = log_images
+        self.images_logged = False
 
     def on_predict_start(self, trainer, pl_module) -> None:
         self.faces, self.start = 0, time.perf_counter()
@@ -114,8 +121,21 @@ class AttackStatsLogger(Callback):
             "attack/faces_per_s": n / max(outputs["seconds"], 1e-9),
             "attack/linf_levels": float((outputs["x_p"].int() - outputs["x_r"].int()).abs().max()),
         }
+        step = batch_idx * trainer.world_size + trainer.global_rank
         for logger in trainer.loggers:
-            logger.log_metrics(stats, step=batch_idx * trainer.world_size + trainer.global_rank)
+            logger.log_metrics(stats, step=step)
+        if self.log_images and not self.images_logged:
+            self._log_panel(trainer, outputs)
+
+    def _log_panel(self, trainer, outputs) -> None:
+        n = min(self.log_images, len(outputs["x_p"]))
+        x_r, x_p = outputs["x_r"][:n].int(), outputs["x_p"][:n].int()
+        mask = ((x_p - x_r) * 10 + 128).clamp(0, 255)
+        rows = [torch.cat([a, b, c], dim=2).permute(1, 2, 0).to(torch.uint8).numpy() for a, b, c in zip(x_r, x_p, mask)]
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(key="faces/original_protected_mask", images=rows, caption=[f"target {t}" for t in outputs["target"][:n]])
+                self.images_logged = True
 
 
 __all__ = ["AttackStatsLogger", "ProtectedImageWriter"]

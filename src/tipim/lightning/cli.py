@@ -18,13 +18,17 @@ from tipim.lightning.module import ProtectionModule
 
 
 class RunConfigSaver(SaveConfigCallback):
-    """Write the resolved config beside the run's outputs (rank 0), not into a logger folder."""
+    """Write the resolved config beside the run's outputs and give it to every logger (W&B
+    shows it as the run config), on rank 0."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             out = Path(pl_module.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             self.parser.save(self.config, out / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+            flat = {k: v for k, v in self.config.as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
+            for logger in trainer.loggers:
+                logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
 
 
 class ProtectCLI(LightningCLI):

@@ -49,6 +49,7 @@ class ProtectionModule(L.LightningModule):
         grad_mode: ``loop`` or ``batched`` per-target gradients (same result, speed differs).
         seed: run seed; each batch's randomness derives from it and the batch's image ids.
         output_dir: the run folder (images, manifest.jsonl, config.yaml).
+        log_images: faces to show once in an image-capable logger (W&B); 0 sends no face anywhere.
     """
 
     def __init__(
@@ -70,6 +71,7 @@ class ProtectionModule(L.LightningModule):
         grad_mode: str = "loop",
         seed: int = 0,
         output_dir: str = "runs/protect",
+        log_images: int = 0,
     ):
         super().__init__()
         members = [load_embedder(s) for s in surrogates]
@@ -88,13 +90,14 @@ class ProtectionModule(L.LightningModule):
             grad_mode,
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
+        self.log_images = log_images
         self.target_names: list[str] = []
         self.register_buffer("target_embeddings", torch.empty(0), persistent=False)
 
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter
 
-        return [ProtectedImageWriter(self.output_dir), AttackStatsLogger()]
+        return [ProtectedImageWriter(self.output_dir), AttackStatsLogger(self.log_images)]
 
     def on_predict_start(self) -> None:
         dm = self.trainer.datamodule
