@@ -8,6 +8,8 @@ MODELS_STAMP := $(VENV)/.models
 LFW ?= ../shared/data/lfw
 LFW_LISTS ?= ../shared/data/lfw-lists
 ALIGNED ?= data/lfw-aligned
+PROBES ?=
+STAGES ?= table3 schedule ensemble gamma
 
 .DEFAULT_GOAL := help
 
@@ -46,7 +48,10 @@ align-lfw: setup ## align all of LFW from $(LFW) into $(ALIGNED)
 verify: align-lfw ## LFW 10-fold verification of every zoo model; writes results/lfw_verification.*
 	$(BIN)/tipim models verify --aligned $(ALIGNED) --pairs $(LFW_LISTS)/pairs.txt --out results
 
+reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; STAGES to pick parts)
+	BIN=$(BIN) ALIGNED=$(ALIGNED) PROBES=$(PROBES) STAGES="$(STAGES)" bash scripts/reproduce.sh
+
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb
 
-.PHONY: help setup demo bench test test-fast align-lfw verify clean
+.PHONY: help setup demo bench test test-fast align-lfw verify reproduce clean

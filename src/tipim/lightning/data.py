@@ -143,7 +143,8 @@ class ProtectDataModule(L.LightningDataModule):
         output_dir: the run folder; ids already ``ok`` in its ``manifest.jsonl`` are skipped.
         batch_size: faces per batch (the MMD term is computed over a batch).
         num_workers: image-decoding workers per process.
-        limit: protect only the first N faces (by id), for quick runs.
+        limit: protect only N faces, drawn with ``limit_seed`` (the same N for every method).
+        limit_seed: seed of that draw.
     """
 
     def __init__(
@@ -155,16 +156,21 @@ class ProtectDataModule(L.LightningDataModule):
         num_workers: int = 0,
         limit: int | None = None,
         root: str | None = None,
+        limit_seed: int = 0,
     ):
         super().__init__()
         self.faces, self.targets, self.output_dir, self.root = faces, targets, output_dir, root
-        self.batch_size, self.num_workers, self.limit = batch_size, num_workers, limit
+        self.batch_size, self.num_workers, self.limit, self.limit_seed = batch_size, num_workers, limit, limit_seed
         self.items: list[FaceItem] = []
         self.target_names: list[str] = []
         self.target_images: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.items = scan_faces(self.faces, self.root)[: self.limit]
+        self.items = scan_faces(self.faces, self.root)
+        if self.limit is not None and self.limit < len(self.items):
+            import random
+
+            self.items = sorted(random.Random(self.limit_seed).sample(self.items, self.limit), key=lambda i: i.id)
         if not self.items:
             raise ValueError(f"no faces found in {self.faces}")
         self.target_names, self.target_images = load_targets(self.targets, self.root)
