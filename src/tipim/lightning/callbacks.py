@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import time
 from pathlib import Path
 
 import lightning as L
@@ -98,19 +97,13 @@ class AttackStatsLogger(Callback):
     """
 
     def __init__(self, log_images: int = 0):
-        self.faces = 0
-        self.start = 0.0
         self.log_images = log_images
         self.images_logged = False
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        self.faces, self.start = 0, time.perf_counter()
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if "x_p" not in outputs:
             return
         n = len(outputs["x_p"])
-        self.faces += n
         stats = {
             "attack/objective_first": float(outputs["objective"][0]),
             "attack/objective_last": float(outputs["objective"][-1]),

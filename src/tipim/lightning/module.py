@@ -119,9 +119,8 @@ class ProtectionModule(L.LightningModule):
             r = self.attack(x_r, self.target_embeddings)
         out.update(
             x_r=(x_r * 255).round().to(torch.uint8).cpu(),
-            x_p=quantise_within(r.x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0).cpu()
-            if self.eps_8bit
-            else (r.x_p * 255).round().to(torch.uint8).cpu(),
+            # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding
+            x_p=quantise_within(r.x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0).cpu(),
             target=[self.target_names[i] for i in r.target.tolist()],
             chosen=[self.target_names[i] for i in r.chosen.tolist()],
             changes=r.changes.cpu(),
