@@ -36,11 +36,8 @@ demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (run
 bench: setup ## engine vs the official algorithm's loop, and ablations (benchmarks/results)
 	$(BIN)/python benchmarks/bench_engine.py
 
-test: setup ## run the test suite (CPU; about 10 minutes on 2 cores)
+test: setup ## run the test suite (CPU only; about 5 minutes on 2 cores)
 	$(BIN)/pytest -q
-
-test-fast: setup ## the tests without the slow ones
-	$(BIN)/pytest -q -m "not slow"
 
 align-lfw: setup ## align all of LFW from $(LFW) into $(ALIGNED)
 	$(BIN)/tipim data align --src $(LFW) --out $(ALIGNED)
@@ -54,4 +51,4 @@ reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; 
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb
 
-.PHONY: help setup demo bench test test-fast align-lfw verify reproduce clean
+.PHONY: help setup demo bench test align-lfw verify reproduce clean
