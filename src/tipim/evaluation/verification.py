@@ -46,7 +46,7 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 def load_faces(paths: list[Path]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.asarray(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255.0
+    return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255.0
 
 
 @torch.no_grad()
