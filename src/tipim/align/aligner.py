@@ -115,9 +115,6 @@ def _align_one(job: tuple[str, str, str]) -> dict:
             save_png(out, face.crop)
             if k == 0:
                 rec.update(output=str(out), landmarks=face.landmarks, box=face.box, score=face.score, matrix=face.matrix)
-        if n > 1:
-            rec["status"] = "ok"
-            rec["error"] = None
         return rec
     except ImageReadError as e:
         return rec | dict(status="unreadable", error=str(e))
