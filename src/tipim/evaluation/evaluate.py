@@ -11,20 +11,26 @@ import hashlib
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from tipim.evaluation.metrics import RankSuccess, SetMMD
 from tipim.evaluation.protocol import load_protocol
-from tipim.evaluation.verification import embed_files
-from tipim.io import load_rgb, read_jsonl
+from tipim.evaluation.verification import embed_files, load_faces
+from tipim.io import read_jsonl
 from tipim.zoo.registry import cache_dir
 
 
-def _load_u8(paths: list[str | Path]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(load_rgb(p)).permute(2, 0, 1) for p in paths])
+def image_quality(clean_paths: list[Path], protected_paths: list[str]) -> dict[str, float]:
+    """PSNR and SSIM on the 8-bit crops and the set MMD: per run, whatever the evaluation model."""
+    x_r, x_p = load_faces(clean_paths), load_faces(protected_paths)
+    set_mmd = SetMMD()
+    set_mmd.update(x_p, x_r)
+    return {
+        "psnr": float(peak_signal_noise_ratio(x_p * 255, x_r * 255, data_range=255.0)),
+        "ssim": float(structural_similarity_index_measure(x_p * 255, x_r * 255, data_range=255.0)),
+        "mmd": float(set_mmd.compute()),
+    }
 
 
 def gallery_embeddings(model, name: str, root: Path, gallery: list[dict], batch_size: int = 64) -> torch.Tensor:
@@ -59,6 +65,10 @@ def evaluate_runs(protocol_path, run_dirs, models: dict, aligned_root=None, batc
     t_labels = torch.tensor([label[t] for t in proto["target_identities"]])
     probe_by_id = {str(Path(p["path"]).with_suffix("")): p for p in proto["probes"]}
     runs = [read_run(r) for r in run_dirs]
+    quality = {}
+    for info, ok in runs:
+        ids = [i for i in ok if i in probe_by_id]
+        quality[info["run"]] = image_quality([root / probe_by_id[i]["path"] for i in ids], [ok[i]["output"] for i in ids])
     rows = []
     for mname, model in models.items():
         gal = gallery_embeddings(model, mname, root, proto["gallery"], batch_size)
@@ -79,10 +89,6 @@ def evaluate_runs(protocol_path, run_dirs, models: dict, aligned_root=None, batc
             prot.update(e_prot @ gal.T, g_labels, true, t_labels)
             clean.update(e_clean @ gal.T, g_labels, true, t_labels)
             p, c = prot.compute(), clean.compute()
-            x_r = _load_u8(clean_paths).float()
-            x_p = _load_u8([ok[i]["output"] for i in ids]).float()
-            set_mmd = SetMMD()
-            set_mmd.update(x_p / 255, x_r / 255)
             rows.append(
                 {
                     "method": info["method"],
@@ -99,9 +105,7 @@ def evaluate_runs(protocol_path, run_dirs, models: dict, aligned_root=None, batc
                     "clean_rank5_t": float(c["rank5_t"]),
                     "n_probes": len(ids),
                     "n_probes_missing": len(missing),
-                    "psnr": float(peak_signal_noise_ratio(x_p, x_r, data_range=255.0)),
-                    "ssim": float(structural_similarity_index_measure(x_p, x_r, data_range=255.0)),
-                    "mmd": float(set_mmd.compute()),
+                    **quality[info["run"]],
                 }
             )
     return rows

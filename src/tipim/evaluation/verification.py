@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+
+from tipim.io import load_rgb
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,8 @@ def read_pairs(path: str | Path) -> list[Pair]:
 
 
 def load_faces(paths: list[Path]) -> torch.Tensor:
-    return torch.stack([torch.from_numpy(np.array(Image.open(p).convert("RGB"))).permute(2, 0, 1) for p in paths]).float() / 255.0
+    """Face files as a float batch in [0, 1]."""
+    return torch.stack([torch.from_numpy(load_rgb(p)).permute(2, 0, 1) for p in paths]).float() / 255.0
 
 
 @torch.no_grad()

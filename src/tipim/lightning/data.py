@@ -4,16 +4,14 @@ batch-level MMD term (and every seed) is identical with 1 or N processes."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tipim.io import IMAGE_SUFFIXES, ImageReadError, load_rgb, read_jsonl
+from tipim.io import IMAGE_SUFFIXES, ImageReadError, list_images, load_rgb, read_jsonl
 
 FACE_SIZE = 112
 
@@ -47,8 +45,7 @@ def scan_faces(source: str | Path, root: str | Path | None = None) -> list[FaceI
     elif source.is_file():
         items = [FaceItem(source.stem, str(source))]
     elif source.is_dir():
-        files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-        items = [FaceItem(str(p.relative_to(source).with_suffix("")), str(p)) for p in files]
+        items = [FaceItem(str(p.relative_to(source).with_suffix("")), str(p)) for p in list_images(source)]
     else:
         raise FileNotFoundError(f"faces: {source} is neither a folder, an image nor an alignment.jsonl")
     ids = [i.id for i in items]

@@ -10,7 +10,6 @@ global average pool and a 128-d fully connected layer without bias.
 from __future__ import annotations
 
 import re
-import struct
 from pathlib import Path
 
 import numpy as np
