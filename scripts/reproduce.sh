@@ -9,6 +9,9 @@ OUT=${OUT:-results/reproduce}
 RUNS=${RUNS:-runs/reproduce}
 PROBES=${PROBES:-}
 STAGES=${STAGES:-"table3 schedule ensemble gamma"}
+PROTECT_ARGS=${PROTECT_ARGS:-}   # extra flags for every protect run, e.g. "--trainer.accelerator gpu"
+ENSEMBLE_EVERY=${ENSEMBLE_EVERY:-1}  # greedy selection every s-th step in the (5x dearer) ensemble stage
+EVALUATE=${EVALUATE:-1}          # 0: protect only (evaluate later, e.g. where all four models are)
 PROTOCOL=$OUT/protocol.json
 MODELS="arcface-mbf sface facenet dlib-resnet"
 mkdir -p "$OUT" "$RUNS"
@@ -20,11 +23,12 @@ protect() {  # name, method, extra args...
   local name=$1 method=$2; shift 2
   echo "$BIN/tipim protect ... $method $* -> $RUNS/$name" >> "$OUT/commands.txt"
   $BIN/tipim protect --config configs/protect.yaml --config "configs/method/$method.yaml" \
-    --data.faces "$PROTOCOL" --data.targets "$PROTOCOL" --data.output_dir "$RUNS/$name" \
-    --trainer.enable_progress_bar false "${limit[@]}" "$@"
+    --data.faces "$PROTOCOL" --data.targets "$PROTOCOL" --data.root "$ALIGNED" --data.output_dir "$RUNS/$name" \
+    --trainer.enable_progress_bar false "${limit[@]}" $PROTECT_ARGS "$@"
 }
 evaluate() {  # table name, title, runs...
   local table=$1 title=$2; shift 2
+  [ "$EVALUATE" = 1 ] || return 0
   echo "$BIN/tipim evaluate --runs $* -> $OUT/$table" >> "$OUT/commands.txt"
   $BIN/tipim evaluate --protocol "$PROTOCOL" --models $MODELS --out "$OUT/$table" --title "$title" --runs "$@"
 }
@@ -41,12 +45,15 @@ for stage in $STAGES; do
       runs=()
       for held in $MODELS; do
         members=$(for m in $MODELS; do [ "$m" != "$held" ] && printf '%s,' "$m"; done)
-        protect "tipim-loo-$held" tipim --model.method "tipim-loo-$held" --model.surrogates "[${members%,}]"
-        runs+=("$RUNS/tipim-loo-$held")
+        name=tipim-loo-$held; [ "$ENSEMBLE_EVERY" = 1 ] || name=$name-every$ENSEMBLE_EVERY
+        protect "$name" tipim --model.method "$name" --model.surrogates "[${members%,}]" \
+          --model.selector.init_args.every "$ENSEMBLE_EVERY"
+        runs+=("$RUNS/$name")
       done
       evaluate ensemble "TIP-IM with leave-one-out ensembles (Table 4 layout)" "${runs[@]}" ;;
     gamma)  # naturalness weight (Table 5 layout)
-      for g in 0 1 2 3; do protect "tipim-gamma$g" tipim --model.method "tipim-gamma$g" --model.gamma "$g"; done
-      evaluate gamma "TIP-IM, gamma sweep (Table 5 layout)" "$RUNS"/tipim-gamma{0,1,2,3} ;;
+      # gamma 1 is the tipim run of table3 (configs/method/tipim.yaml), so it is not run twice
+      for g in 0 2 3; do protect "tipim-gamma$g" tipim --model.method "tipim-gamma$g" --model.gamma "$g"; done
+      evaluate gamma "TIP-IM, gamma sweep (Table 5 layout; the tipim row is gamma 1)" "$RUNS"/tipim-gamma0 "$RUNS"/tipim "$RUNS"/tipim-gamma{2,3} ;;
   esac
 done

@@ -51,6 +51,9 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
         raise FileNotFoundError(f"{run_dir}/manifest.jsonl is missing or empty; run tipim protect first")
     latest = {r["id"]: r for r in rows}
     ok = {k: r for k, r in latest.items() if r.get("status") == "ok"}
+    for r in ok.values():  # a run folder that was moved or copied: its images are beside the manifest
+        if not Path(r["output"]).is_file() and (Path(run_dir) / "images" / f"{r['id']}.png").is_file():
+            r["output"] = str(Path(run_dir) / "images" / f"{r['id']}.png")
     first = next(iter(ok.values()), rows[0])
     return {"method": first["method"], "surrogates": first["surrogates"], "run": str(run_dir)}, ok
 

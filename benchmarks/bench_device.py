@@ -1,0 +1,108 @@
+"""Engine throughput on an accelerator: fp32 against bf16 autocast, by batch size.
+
+Measured on real LFW crops of the protocol's probes with arcface-mbf as surrogate, K=10 targets.
+The baseline is the same engine in fp32 at batch 8 on the same machine's CPU, in the same run,
+so every figure is a ratio against something measured beside it. Success (nearest among
+{itself, targets} is a target, re-embedded in fp32) and the 8-bit eps bound are checked for each
+setting, so a faster precision that protects worse shows up here.
+
+    python benchmarks/bench_device.py --protocol results/reproduce/protocol.json --root data/lfw-aligned
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine
+from tipim.attack.steps import quantise_within
+from tipim.lightning.data import load_face, load_targets, scan_faces
+from tipim.models import ZooEmbedder
+
+
+def run(model, faces, targets, steps, device, dtype, batch):
+    """Protect ``faces`` in batches; return seconds (synchronised), success count and max 8-bit change."""
+    model = model.to(device)
+    attack = IdentityMaskAttack(model, MomentumStep(steps=steps), GreedyInsertion(), Naturalness(1.0), RandomAffine())
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
+    with torch.no_grad():
+        t_emb = attack.embed_targets(targets.to(device))
+    outs, sync = [], (torch.cuda.synchronize if device.type == "cuda" else (lambda: None))
+    sync()
+    start = time.perf_counter()
+    for i in range(0, len(faces), batch):
+        x_r = faces[i : i + batch].to(device)
+        with ctx:
+            res = attack(x_r, t_emb)
+        outs.append(quantise_within(res.x_p.float(), x_r, 12 / 255).float() / 255)
+    sync()
+    seconds = time.perf_counter() - start
+    x_p, x_r = torch.cat(outs), faces.to(device)
+    with torch.no_grad():  # judge every setting in fp32
+        e_p, e_r = F.normalize(model(x_p), dim=1), F.normalize(model(x_r), dim=1)
+        d_self = (e_p - e_r).pow(2).sum(1)
+        d_tgt = torch.cdist(e_p, t_emb).pow(2).min(1).values
+    linf = int(((x_p - x_r).abs() * 255).round().max())
+    return seconds, int((d_tgt < d_self).sum()), linf
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--protocol", default="results/reproduce/protocol.json")
+    ap.add_argument("--root", default=None)
+    ap.add_argument("--faces", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20, help="cost per step is flat; success is judged at these steps")
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
+    ap.add_argument("--cpu-faces", type=int, default=8)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--out", default="benchmarks/results")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    device = torch.device(a.device)
+    items = [it for it in scan_faces(a.protocol, a.root) if Path(it.path).is_file()][: a.faces]  # a subset may be present
+    faces = torch.stack([load_face(it.path) for it in items])
+    _, targets = load_targets(a.protocol, a.root)
+    model = ZooEmbedder("arcface-mbf")
+
+    rows = []
+
+    def record(where, dtype, batch, n, res):
+        seconds, ok, linf = res
+        rows.append({"device": where, "dtype": dtype, "batch": batch, "faces": n, "seconds": round(seconds, 3),
+                     "img_per_s": n / seconds, "success": ok, "linf_8bit": linf})
+        print(f"{where:>5s} {dtype:5s} batch {batch:4d}: {n / seconds:8.2f} img/s  success {ok}/{n}  linf {linf}", flush=True)
+
+    cpu = torch.device("cpu")
+    record("cpu", "fp32", 8, a.cpu_faces, run(model, faces[: a.cpu_faces], targets, a.steps, cpu, "fp32", 8))
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    run(model, faces[:8], targets, 2, device, "fp32", 8)  # warm-up: kernels, allocator
+    for dtype in ("fp32", "bf16"):
+        for b in a.batches:
+            record(device.type, dtype, b, len(faces), run(model, faces, targets, a.steps, device, dtype, b))
+    base = rows[0]["img_per_s"]
+    for r in rows:
+        r["vs_cpu_fp32_b8"] = r["img_per_s"] / base
+    result = {"accelerator": name, "cpu_cores": os.cpu_count(), "torch": torch.__version__, "surrogate": "arcface-mbf",
+              "targets": len(targets), "steps": a.steps, "method": "tipim (greedy insertion, MMD gamma 1, random affine)", "rows": rows}
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tag = "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    (out / f"engine_{tag}.json").write_text(json.dumps(result, indent=1))
+    lines = [f"# Engine on {name} (torch {torch.__version__}, {os.cpu_count()} CPU cores)", "",
+             f"TIP-IM, arcface-mbf, K={len(targets)}, T={a.steps}, real LFW probes. Baseline: the same engine, fp32, batch 8, "
+             "on this machine's CPU in the same run. Success: nearest of {itself, targets} is a target (fp32 re-embedding).", "",
+             "| where | dtype | batch | faces | img/s | x CPU fp32 | success | max change (8-bit) |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['dtype']} | {r['batch']} | {r['faces']} | {r['img_per_s']:.2f} | {r['vs_cpu_fp32_b8']:.1f} | "
+              f"{r['success']}/{r['faces']} | {r['linf_8bit']} |" for r in rows]
+    (out / f"engine_{tag}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
