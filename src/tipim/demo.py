@@ -33,11 +33,30 @@ def prepare_demo(out: str | Path, n_targets: int = 10) -> dict:
     for name, face in [("astronaut", astronaut[0]), *((f"player_gdp_{i}", f) for i, f in enumerate(spurs))]:
         save_png(out / "faces" / f"{name}.png", face.crop)
         written["faces"].append(name)
-    team = sorted(faces_of(load_rgb(artifact_path("demo-players")))[:n_targets], key=lambda f: (f.box[1] // 100, f.box[0]))
-    for i, face in enumerate(team):
-        save_png(out / "targets" / f"target_{i:02d}.png", face.crop)
-        written["targets"].append(f"target_{i:02d}")
+    written["targets"] = _team_targets(out / "targets", aligner, n_targets)
     return written
 
 
-__all__ = ["prepare_demo"]
+def _team_targets(out: Path, aligner, n_targets: int = 10) -> list[str]:
+    faces, _ = aligner.faces(load_rgb(artifact_path("demo-players")))
+    faces = sorted(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), reverse=True)[:n_targets]
+    names = []
+    for i, face in enumerate(sorted(faces, key=lambda f: (f.box[1] // 100, f.box[0]))):
+        save_png(out / f"target_{i:02d}.png", face.crop)
+        names.append(f"target_{i:02d}")
+    return names
+
+
+def default_targets() -> Path:
+    """The target identities used when a user names none: the 10 largest faces of the packaged
+    team photo (no person in it is the user), aligned once into the cache."""
+    from tipim.align.aligner import FaceAligner
+    from tipim.zoo.registry import cache_dir
+
+    out = cache_dir() / "targets" / "demo-team"
+    if len(list(out.glob("target_*.png"))) < 10:
+        _team_targets(out, FaceAligner(multi="all"))
+    return out
+
+
+__all__ = ["default_targets", "prepare_demo"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
@@ -17,12 +18,21 @@ class ImageReadError(ValueError):
     """A file that cannot be used as a photo; the message names the file and what to do."""
 
 
-def load_rgb(path: str | Path) -> np.ndarray:
+MAX_PIXELS = 64_000_000  # 64 megapixels: larger photos are refused before decoding
+
+
+def load_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode a photo to RGB uint8 (H, W, 3): EXIF orientation applied; grey, CMYK, palette,
-    alpha (composited on white) and 16-bit inputs converted."""
+    alpha (composited on white) and 16-bit inputs converted. Photos above ``max_pixels`` are
+    refused from their header, before any memory is spent on them."""
     path = Path(path)
     try:
         with Image.open(path) as im:
+            if im.width * im.height > max_pixels:
+                raise ImageReadError(
+                    f"{path}: {im.width}x{im.height} pixels is more than the {max_pixels / 1e6:.0f}-megapixel limit; "
+                    "downscale it first (faces need only a few hundred pixels)"
+                )
             im.load()
             im = ImageOps.exif_transpose(im)
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
@@ -58,13 +68,27 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def encode_image(rgb: np.ndarray, fmt: str = "png", quality: int = 95, exif: bytes | None = None) -> bytes:
+    """Encode RGB uint8 as PNG (lossless), JPEG or WebP (``quality``; WebP 100 = lossless).
+    Nothing of the source file's metadata is carried unless ``exif`` is given on purpose."""
+    fmt = fmt.lower()
+    buf = io.BytesIO()
+    im = Image.fromarray(rgb)
+    extra = {"exif": exif} if exif else {}
+    if fmt == "png":
+        im.save(buf, format="PNG", **extra)
+    elif fmt in ("jpeg", "jpg"):
+        im.save(buf, format="JPEG", quality=int(quality), subsampling=0 if quality >= 90 else 2, **extra)
+    elif fmt == "webp":
+        im.save(buf, format="WEBP", quality=int(quality), lossless=quality >= 100, **extra)
+    else:
+        raise ValueError(f"unknown output format {fmt!r}: use png, jpeg or webp")
+    return buf.getvalue()
+
+
 def save_png(path: str | Path, rgb: np.ndarray) -> None:
     """Lossless 8-bit PNG with no metadata, written atomically."""
-    import io
-
-    buf = io.BytesIO()
-    Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, encode_image(np.asarray(rgb, dtype=np.uint8), "png"))
 
 
 def append_jsonl(path: str | Path, record: dict) -> None:

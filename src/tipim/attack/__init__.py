@@ -4,7 +4,7 @@ from tipim.attack.engine import AttackResult, IdentityMaskAttack
 from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
 from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
 from tipim.attack.steps import MomentumStep, project, quantise_within
-from tipim.attack.transforms import RandomAffine, ResizePad
+from tipim.attack.transforms import PostingTransform, RandomAffine, ResizePad
 
 __all__ = [
     "AttackResult",
@@ -14,6 +14,7 @@ __all__ = [
     "MomentumStep",
     "Naturalness",
     "NearestTarget",
+    "PostingTransform",
     "RandomAffine",
     "ResizePad",
     "TargetSelector",

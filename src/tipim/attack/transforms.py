@@ -45,4 +45,51 @@ class RandomAffine(nn.Module):
         return self.aug(x)
 
 
-__all__ = ["RandomAffine", "ResizePad"]
+class PostingTransform(nn.Module):
+    """What a photo goes through after it is posted, for expectation over transformation (the
+    robust option): per image, a random shift of a few pixels, a random down-and-up resize, and a
+    differentiable JPEG round trip (kornia) at a random quality. ``base`` (e.g. RandomAffine)
+    runs first, so the method's own input diversity is kept.
+
+    Args:
+        quality: JPEG quality range, drawn uniformly per image.
+        jpeg_prob: share of images that go through JPEG at each step.
+        scale: range of the down-scale factor before resizing back (1 = no resize).
+        shift: largest shift in pixels (each axis).
+    """
+
+    def __init__(
+        self,
+        quality: tuple[float, float] = (50.0, 95.0),
+        jpeg_prob: float = 0.9,
+        scale: tuple[float, float] = (0.6, 1.0),
+        shift: int = 3,
+        base: nn.Module | None = None,
+    ):
+        super().__init__()
+        if not 1 <= quality[0] <= quality[1] <= 100:
+            raise ValueError(f"quality must be a range inside [1, 100], got {quality}")
+        self.quality, self.jpeg_prob, self.scale, self.shift, self.base = quality, jpeg_prob, scale, shift, base
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from kornia.enhance import jpeg_codec_differentiable
+
+        if self.base is not None:
+            x = self.base(x)
+        b, _, h, w = x.shape
+        if self.shift > 0:
+            t = torch.randint(-self.shift, self.shift + 1, (b, 2), device=x.device).to(x.dtype)
+            m = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(b, 1, 1)
+            m[:, :, 2] = t
+            x = KT.warp_affine(x, m, (h, w), padding_mode="border", align_corners=True)
+        f = float(torch.empty(()).uniform_(*self.scale))
+        if f < 0.99:
+            small = (max(8, round(h * f)), max(8, round(w * f)))
+            x = KT.resize(KT.resize(x, small, interpolation="bilinear", antialias=True), (h, w), interpolation="bilinear")
+        q = torch.empty(b, device=x.device).uniform_(*self.quality)
+        y = jpeg_codec_differentiable(x.clamp(0, 1), q)
+        keep = (torch.rand(b, device=x.device) < self.jpeg_prob).view(b, 1, 1, 1)
+        return torch.where(keep, y, x)
+
+
+__all__ = ["PostingTransform", "RandomAffine", "ResizePad"]

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from PIL import Image
 
-from tipim.io import append_jsonl, atomic_write_bytes, load_rgb, read_jsonl
-
-
-def _png_bytes(rgb: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return buf.getvalue()
+from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 
 
 class ProtectedImageWriter(BasePredictionWriter):
@@ -61,7 +53,7 @@ class ProtectedImageWriter(BasePredictionWriter):
                 continue
             out = self.output_dir / "images" / f"{face_id}.png"
             try:
-                atomic_write_bytes(out, _png_bytes(prediction["x_p"][j].permute(1, 2, 0).numpy()))
+                atomic_write_bytes(out, encode_image(prediction["x_p"][j].permute(1, 2, 0).numpy()))
                 written = load_rgb(out).astype(np.int16)
                 linf = int(np.abs(written - load_rgb(rec["source"]).astype(np.int16)).max())
                 if eps is not None and linf > eps:

@@ -50,28 +50,99 @@ def summarise(output_dir: str | Path) -> tuple[str, int]:
     return line, status.get("error", 0)
 
 
+def summarise_photos(output_dir: str | Path) -> tuple[str, int]:
+    latest = {r["id"]: r for r in read_jsonl(Path(output_dir) / "manifest.jsonl")}
+    ok = [r for r in latest.values() if r["status"] == "ok"]
+    failed = [r for r in latest.values() if r["status"] != "ok"]
+    faces = sum(len(r["faces"]) for r in ok)
+    fooled = sum(f["surrogate_success"] for r in ok for f in r["faces"])
+    kinds = Counter(r["status"] for r in failed)
+    why = f" ({', '.join(f'{n} {k.replace(chr(95), chr(32))}' for k, n in sorted(kinds.items()))})" if kinds else ""
+    line = (
+        f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}; "
+        f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate; "
+        f"max pixel change {max((r['linf'] for r in ok), default=0)}/255. Outputs: {output_dir}/images, log: {output_dir}/manifest.jsonl"
+    )
+    return line, len(failed)
+
+
+TIPIM = {"method": "tipim", "momentum": 1.0, "gamma": 1.0}
+AFFINE = {"class_path": "tipim.attack.RandomAffine"}
+PRESETS = {  # for people who do not know the method; timings in benchmarks/results/photo_presets.md
+    "fast": TIPIM | {"steps": 20, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 5}}},
+    "balanced": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 2}}},
+    "strong": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf", "sface"], "selector": {"class_path": "tipim.attack.GreedyInsertion"}, "robust": True},
+}
+
+
+def photo_args(argv: list[str]) -> list[str]:
+    """``tipim protect PHOTO... [--out DIR] [--preset P] ...`` as LightningCLI arguments."""
+    import argparse
+    import json
+
+    ap = argparse.ArgumentParser(prog="tipim protect", description="Protect photos: every face in each photo gets an identity mask.")
+    ap.add_argument("photos", nargs="+", help="photo files and/or folders (JPEG, PNG, WebP)")
+    ap.add_argument("--out", default="protected", help="run folder: images/, manifest.jsonl, config.yaml")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="balanced", help="fast / balanced (default) / strong")
+    ap.add_argument("--robust", action="store_true", help="optimise through JPEG, resizing and shifts (survives re-compression)")
+    ap.add_argument("--format", choices=["png", "jpeg", "webp"], default="png", help="output format (png: lossless, default)")
+    ap.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    ap.add_argument("--keep-metadata", action="store_true", help="keep the source EXIF, location included (removed by default)")
+    ap.add_argument("--targets", default=None, help="folder of aligned target faces (default: the packaged team photo's 10 faces)")
+    ap.add_argument("--faces", choices=["all", "largest", "center"], default="all", help="which faces of a photo to protect")
+    args, rest = ap.parse_known_args(argv)
+    preset = dict(PRESETS[args.preset])
+    robust = preset.pop("robust", False) or args.robust
+    transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if robust else AFFINE
+    if args.targets is None:
+        from tipim.demo import default_targets
+
+        args.targets = str(default_targets())
+    out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
+           "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
+           "--data.multi", args.faces, "--trainer.enable_progress_bar", "false", "--model.transform", json.dumps(transform),
+           "--seed_everything", "0"]
+    method = f"tipim-{args.preset}" + ("-robust" if robust and args.preset != "strong" else "")
+    for k, v in (preset | {"method": method}).items():
+        out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+    return out + rest
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
     warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    photos = bool(argv) and not argv[0].startswith("-")  # `tipim protect photo.jpg ...`
     try:
-        cli = _build(argv)
+        if photos:
+            import logging
+
+            from tipim.lightning.photos import PhotoDataModule
+
+            for name in ("lightning.pytorch", "lightning.fabric"):  # a person sees the bar and the summary
+                logging.getLogger(name).setLevel(logging.WARNING)
+            warnings.filterwarnings("ignore", message=".*treespec.*")
+
+            cli = _build(photo_args(argv), PhotoDataModule)
+        else:
+            cli = _build(argv)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     except (KeyError, FileNotFoundError, ValueError) as e:  # bad config or input: say what and how to fix
         print(f"tipim protect: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
     if cli.trainer.is_global_zero:
-        line, failed = summarise(cli.model.output_dir)
+        line, failed = (summarise_photos if photos else summarise)(cli.model.output_dir)
         print(line, flush=True)
         return 1 if failed else 0
     return 0
 
 
-def _build(argv: list[str] | None) -> ProtectCLI:
+def _build(argv: list[str] | None, datamodule=ProtectDataModule) -> ProtectCLI:
     return ProtectCLI(
         ProtectionModule,
-        ProtectDataModule,
+        datamodule,
         run=False,
         args=argv,
         save_config_callback=RunConfigSaver,

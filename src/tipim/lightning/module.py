@@ -97,7 +97,9 @@ class ProtectionModule(L.LightningModule):
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter
 
-        return [ProtectedImageWriter(self.output_dir), AttackStatsLogger(self.log_images)]
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        writers = dm.output_callbacks() if hasattr(dm, "output_callbacks") else [ProtectedImageWriter(self.output_dir)]
+        return [*writers, AttackStatsLogger(self.log_images)]
 
     def on_predict_start(self) -> None:
         dm = self.trainer.datamodule
@@ -108,7 +110,7 @@ class ProtectionModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
-        out = {k: batch[k] for k in ("id", "source", "error")}
+        out = {k: batch[k] for k in ("id", "source", "error", "photos") if k in batch}
         out["ok"] = ok
         if not ok.any():
             return out

@@ -1,0 +1,305 @@
+"""Whole photos in, protected photos out: detect every face, align it, mask it, warp the mask
+back over that face only, write a photo of the original size.
+
+The faces of a batch of photos are flattened into one batch of aligned crops, so the same
+``ProtectionModule.predict_step`` protects crops and photos; the photo writer pastes the masks
+back, checks the 8-bit bound on the full photo, re-crops the written photo to check that the
+protection survived the round trip, and writes one manifest line per photo with one entry per
+face.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from tipim.io import IMAGE_SUFFIXES, MAX_PIXELS, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, list_images, load_rgb, read_jsonl
+from tipim.lightning.data import ShardedBatches, load_targets
+
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
+
+
+@dataclass
+class PhotoItem:
+    id: str
+    path: str
+
+
+def scan_photos(sources: list[str] | str, root: str | None = None) -> list[PhotoItem]:
+    """Photo files and folders (recursively), or a ``protocol.json`` (the photos its probes
+    were aligned from, found through the aligned root's ``alignment.jsonl``)."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    items: dict[str, PhotoItem] = {}
+    for src in map(Path, sources):
+        if src.suffix == ".json":
+            from tipim.evaluation.protocol import load_protocol
+
+            proto = load_protocol(src)
+            base = Path(root or proto["root"])
+            origin = {r["output"]: r["source"] for r in read_jsonl(base / "alignment.jsonl") if r.get("status") == "ok"}
+            for p in proto["probes"]:
+                aligned = str(base / p["path"])
+                if aligned not in origin:
+                    raise FileNotFoundError(f"{aligned} is not in {base / 'alignment.jsonl'}; re-run tipim data align")
+                pid = str(Path(p["path"]).with_suffix(""))
+                items[pid] = PhotoItem(pid, origin[aligned])
+        elif src.is_dir():
+            for f in list_images(src):
+                pid = str(f.relative_to(src).with_suffix(""))
+                items[pid] = PhotoItem(pid, str(f))
+        elif src.is_file() or src.suffix.lower() in IMAGE_SUFFIXES:
+            items[src.stem] = PhotoItem(src.stem, str(src))  # a missing file is reported by the loader
+        else:
+            raise FileNotFoundError(f"{src}: no such file or folder")
+    return sorted(items.values(), key=lambda i: i.id)
+
+
+class PhotoFolder(Dataset):
+    """Decodes a photo and aligns all its faces; problems become an ``error`` for the writer."""
+
+    def __init__(self, items: list[PhotoItem], multi: str = "all", max_pixels: int = MAX_PIXELS):
+        self.items, self.multi, self.max_pixels = items, multi, max_pixels
+        self._aligner = None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def aligner(self):
+        if self._aligner is None:  # one per worker process
+            from tipim.align.aligner import FaceAligner
+
+            self._aligner = FaceAligner(multi=self.multi)
+        return self._aligner
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.items[i]
+        row = {"id": item.id, "source": item.path, "photo": None, "crops": torch.zeros(0, 3, 112, 112), "matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
+        try:
+            photo = load_rgb(item.path, self.max_pixels)
+        except ImageReadError as e:
+            return row | {"error": str(e), "status": "unreadable"}
+        faces, _ = self.aligner().faces(photo)
+        if not faces:
+            return row | {"photo": photo, "error": f"{item.path}: {NO_FACE_HINT}", "status": "no_face"}
+        crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255.0
+        return row | {"photo": photo, "crops": crops, "matrices": torch.tensor([f.matrix for f in faces]), "boxes": [[round(v, 1) for v in f.box] for f in faces]}
+
+
+def collate_photos(rows: list[dict]) -> dict:
+    """Flatten the photos' faces into one batch of crops (ids ``photo#k``); keep the photos."""
+    ids, sources = [], []
+    for r in rows:
+        ids += [f"{r['id']}#{k}" for k in range(len(r["crops"]))]
+        sources += [r["source"]] * len(r["crops"])
+    return {"id": ids, "source": sources, "error": [""] * len(ids), "image": torch.cat([r["crops"] for r in rows]), "photos": rows}
+
+
+class PhotoDataModule(L.LightningDataModule):
+    """Photos to protect (files, folders, or a protocol's probe photos) and the target identities.
+
+    Args:
+        photos: photo files and/or folders (JPEG, PNG, WebP, ...), or a ``protocol.json``.
+        targets: a folder with one aligned face per target identity, or a ``protocol.json``.
+        output_dir: the run folder; photos already ``ok`` in its ``manifest.jsonl`` are skipped.
+        batch_size: photos per batch (their faces are protected together).
+        num_workers: decoding/detection workers per process.
+        multi: which faces of a photo to protect: ``all`` (default), ``largest``, ``center``.
+        output_format: ``png`` (lossless, default), ``jpeg`` or ``webp``.
+        quality: JPEG/WebP quality (WebP 100 = lossless).
+        keep_metadata: keep the source's EXIF (location included); off by default.
+        root: where a protocol's relative paths start.
+        max_pixels: larger photos are refused with a message.
+    """
+
+    def __init__(
+        self,
+        photos: list[str],
+        targets: str,
+        output_dir: str = "runs/photos",
+        batch_size: int = 1,
+        num_workers: int = 0,
+        multi: str = "all",
+        output_format: str = "png",
+        quality: int = 95,
+        keep_metadata: bool = False,
+        root: str | None = None,
+        max_pixels: int = MAX_PIXELS,
+        limit: int | None = None,
+        limit_seed: int = 0,
+    ):
+        super().__init__()
+        if output_format not in FORMATS:
+            raise ValueError(f"output_format must be one of {sorted(FORMATS)}, got {output_format!r}")
+        self.photos, self.targets, self.output_dir, self.root = photos, targets, output_dir, root
+        self.batch_size, self.num_workers, self.multi = batch_size, num_workers, multi
+        self.output_format, self.quality, self.keep_metadata, self.max_pixels = output_format, quality, keep_metadata, max_pixels
+        self.limit, self.limit_seed = limit, limit_seed
+        self.items: list[PhotoItem] = []
+        self.target_names: list[str] = []
+        self.target_images: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        self.items = scan_photos(self.photos, self.root)
+        if self.limit is not None and self.limit < len(self.items):
+            import random
+
+            self.items = sorted(random.Random(self.limit_seed).sample(self.items, self.limit), key=lambda i: i.id)
+        if not self.items:
+            raise ValueError(f"no photos found in {self.photos}")
+        self.target_names, self.target_images = load_targets(self.targets, self.root)
+
+    def output_callbacks(self) -> list[Callback]:
+        """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
+        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata), PhotoProgress()]
+
+    def predict_dataloader(self) -> DataLoader:
+        done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
+        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ShardedBatches(len(self.items), self.batch_size, done_idx, rank, world)
+        return DataLoader(PhotoFolder(self.items, self.multi, self.max_pixels), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_photos)
+
+
+def _exif_kept(source: str) -> bytes | None:
+    """The source's EXIF with the orientation reset (the pixels are already upright)."""
+    with Image.open(source) as im:
+        exif = im.getexif()
+        if not exif:
+            return None
+        exif[0x0112] = 1
+        return exif.tobytes()
+
+
+class ProtectedPhotoWriter(BasePredictionWriter):
+    """Pastes each face's mask back into its photo and writes the photo (atomically), then one
+    manifest line per photo. ``linf`` is measured on the written file (PNG, lossless WebP: the
+    bound holds exactly; JPEG/lossy WebP: the codec's own error is added on top, and
+    ``linf_before_encoding`` is the bound that holds). ``faces[k].surrogate_success`` is
+    measured on the written photo re-cropped with the same alignment."""
+
+    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.output_format, self.quality, self.keep_metadata = Path(output_dir), output_format, quality, keep_metadata
+        self.done: set[str] = set()
+        self.counts = {"photos": 0, "faces": 0, "protected": 0, "failed": 0, "skipped": 0}
+
+    @property
+    def manifest(self) -> Path:
+        return self.output_dir / "manifest.jsonl"
+
+    def setup(self, trainer, pl_module, stage=None) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
+
+    @torch.no_grad()
+    def _check(self, pl_module, protected: np.ndarray, x_r: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from tipim.align.paste import crop_faces
+        from tipim.attack import identity_distance
+
+        att = pl_module.attack
+        dev = pl_module.target_embeddings.device
+        e_p = att.embed(crop_faces(protected, matrices).to(dev))
+        e_r = att.embed(x_r.float().div(255).to(dev))
+        d_r = identity_distance(e_p, e_r, att.metric)
+        d_all = identity_distance(e_p[:, None], pl_module.target_embeddings[None], att.metric)
+        d_t, t = d_all.min(1)
+        return d_r.cpu(), d_t.cpu(), t.cpu()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        from tipim.align.paste import paste_masks
+
+        eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
+        k = 0
+        for photo in prediction["photos"]:
+            n = len(photo["crops"])
+            sl = slice(k, k + n)
+            k += n
+            rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
+                   "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
+                   "rank": trainer.global_rank, "format": self.output_format, "faces": []}
+            self.counts["photos"] += 1
+            if photo["id"] in self.done:
+                self.counts["skipped"] += 1
+                continue
+            if photo["error"]:
+                self.counts["failed"] += 1
+                append_jsonl(self.manifest, rec | {"status": photo["status"], "error": photo["error"]})
+                _say(photo["error"])
+                continue
+            out = self.output_dir / "images" / f"{photo['id']}{FORMATS[self.output_format]}"
+            try:
+                if eps is None:
+                    raise ValueError("photos need an L-inf bound (norm: linf)")
+                x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"]
+                protected, _ = paste_masks(photo["photo"], x_r, x_p, m, eps)
+                exif = _exif_kept(photo["source"]) if self.keep_metadata else None
+                atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
+                src = photo["photo"].astype(np.int16)
+                written = load_rgb(out).astype(np.int16)
+                linf = int(np.abs(written - src).max())
+                lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
+                if lossless and linf > eps:
+                    raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
+                d_r, d_t, t = self._check(pl_module, written.astype(np.uint8), x_r, m)
+                faces = [{"box": photo["boxes"][j], "target": pl_module.target_names[int(t[j])],
+                          "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
+                          "surrogate_success": bool(d_t[j] < d_r[j])} for j in range(n)]
+                rec |= {"output": str(out), "faces": faces, "linf": linf,
+                        "linf_before_encoding": int(np.abs(protected.astype(np.int16) - src).max()), "status": "ok", "error": None}
+            except Exception as e:  # one photo never stops the run
+                out.unlink(missing_ok=True)
+                rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
+            append_jsonl(self.manifest, rec)
+            if rec["status"] != "ok":
+                _say(rec["error"])
+            if rec["status"] == "ok":
+                self.done.add(photo["id"])
+                self.counts["protected"] += 1
+                self.counts["faces"] += n
+            else:
+                self.counts["failed"] += 1
+
+
+def _say(message: str) -> None:
+    """A problem with one photo, printed above the progress bar; the run goes on."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"skipped: {message}", file=sys.stderr)
+
+
+class PhotoProgress(Callback):
+    """A progress bar over photos with faces/s and time left (Lightning's bar counts batches)."""
+
+    def __init__(self):
+        self.bar, self.faces, self.start = None, 0, 0.0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from tqdm.auto import tqdm
+
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        total = sum(len(b) for b in loader.batch_sampler.batches) if loader is not None else None
+        self.bar = tqdm(total=total, unit="photo", desc="protecting", file=sys.stderr, disable=trainer.global_rank != 0)
+        self.start = time.perf_counter()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.faces += len(batch["id"])
+        rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.faces} faces, {rate:.2f} faces/s")
+        self.bar.update(len(batch["photos"]))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.bar.close()
+
+
+__all__ = ["PhotoDataModule", "PhotoFolder", "PhotoItem", "PhotoProgress", "ProtectedPhotoWriter", "collate_photos", "scan_photos"]
