@@ -8,7 +8,7 @@ ALIGNED=${ALIGNED:-data/lfw-aligned}
 OUT=${OUT:-results/reproduce}
 RUNS=${RUNS:-runs/reproduce}
 PROBES=${PROBES:-}
-STAGES=${STAGES:-"table3 schedule ensemble gamma"}
+STAGES=${STAGES:-"table3 schedule ensemble gamma photos"}
 PROTECT_ARGS=${PROTECT_ARGS:-}   # extra flags for every protect run, e.g. "--trainer.accelerator gpu"
 ENSEMBLE_EVERY=${ENSEMBLE_EVERY:-1}  # greedy selection every s-th step in the (5x dearer) ensemble stage
 EVALUATE=${EVALUATE:-1}          # 0: protect only (evaluate later, e.g. where all four models are)
@@ -55,5 +55,18 @@ for stage in $STAGES; do
       # gamma 1 is the tipim run of table3 (configs/method/tipim.yaml), so it is not run twice
       for g in 0 2 3; do protect "tipim-gamma$g" tipim --model.method "tipim-gamma$g" --model.gamma "$g"; done
       evaluate gamma "TIP-IM, gamma sweep (Table 5 layout; the tipim row is gamma 1)" "$RUNS"/tipim-gamma0 "$RUNS"/tipim "$RUNS"/tipim-gamma{2,3} ;;
+    photos)  # whole LFW photos (issue 5): plain and robust masks, seen through an attacker's pipeline
+      for name in tipim-photo tipim-photo-robust; do
+        flags=(); [ "$name" = tipim-photo-robust ] && flags=(--robust)
+        echo "$BIN/tipim protect $PROTOCOL ... ${flags[*]} -> $RUNS/$name" >> "$OUT/commands.txt"
+        $BIN/tipim protect "$PROTOCOL" --out "$RUNS/$name" --targets "$PROTOCOL" --preset balanced --faces center \
+          --data.root "$ALIGNED" --data.batch_size 8 --model.method "$name" "${limit[@]}" \
+          --model.selector '{"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1}}' $PROTECT_ARGS "${flags[@]}"
+      done
+      if [ "$EVALUATE" = 1 ]; then
+        echo "$BIN/tipim evaluate --pipeline photo --jpeg 0 95 75 --runs $RUNS/tipim-photo{,-robust} -> $OUT/photos" >> "$OUT/commands.txt"
+        $BIN/tipim evaluate --protocol "$PROTOCOL" --models $MODELS --out "$OUT/photos" --pipeline photo --jpeg 0 95 75 \
+          --title "Whole photos through an attacker's pipeline (re-encode, re-detect, re-align)" --runs "$RUNS"/tipim-photo{,-robust}
+      fi ;;
   esac
 done

@@ -113,7 +113,14 @@ def _evaluate(args) -> int:
     from tipim.models import ZooEmbedder
 
     models = {name: ZooEmbedder(name) for name in args.models}
-    rows = evaluate_runs(args.protocol, args.runs, models, args.aligned, args.batch_size)
+    runs = args.runs
+    if args.pipeline == "photo":  # re-encode, re-detect, re-align each protected photo first
+        from tipim.align.aligner import FaceAligner
+        from tipim.evaluation.evaluate import attacker_view
+
+        aligner = FaceAligner(multi="center")
+        runs = [attacker_view(r, q, aligner) for r in args.runs for q in args.jpeg]
+    rows = evaluate_runs(args.protocol, runs, models, args.aligned, args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -176,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="folder for results.json and results.md")
     e.add_argument("--title", default="Identity protection on the LFW protocol")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--pipeline", choices=["aligned", "photo"], default="aligned",
+                   help="photo: runs of whole photos, seen as an attacker would (re-encoded, re-detected, re-aligned)")
+    e.add_argument("--jpeg", type=int, nargs="+", default=[0, 95, 75], help="with --pipeline photo: JPEG qualities (0 = as written)")
     e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
     e.add_argument("--wandb-project", default="tipim")
     e.set_defaults(func=_evaluate)

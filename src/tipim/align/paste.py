@@ -44,7 +44,7 @@ def paste_masks(photo: np.ndarray, x_r: torch.Tensor, x_p: torch.Tensor, matrice
     size = x_r.shape[-1]
     delta = torch.zeros(3, h, w, dtype=torch.float32)
     region = torch.zeros(h, w, dtype=torch.bool)
-    for r, p, m in zip(x_r, x_p, torch.as_tensor(matrices, dtype=torch.float32)):
+    for r, p, m in zip(x_r.cpu(), x_p.cpu(), torch.as_tensor(matrices, dtype=torch.float32).cpu()):
         x0, y0, x1, y1 = _crop_rect(m, size, h, w)
         if x1 <= x0 or y1 <= y0:
             continue
@@ -67,7 +67,7 @@ def crop_faces(photo: np.ndarray, matrices: torch.Tensor, size: int = ARCFACE_SI
     from tipim.align.transform import warp_to_template
 
     img = torch.from_numpy(photo).permute(2, 0, 1)[None].float() / 255.0
-    m = torch.as_tensor(matrices, dtype=torch.float32)
+    m = torch.as_tensor(matrices, dtype=torch.float32).cpu()
     return warp_to_template(img.expand(len(m), -1, -1, -1), m, size).clamp(0, 1)
 
 

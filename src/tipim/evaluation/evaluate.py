@@ -11,6 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -58,6 +59,51 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     return {"method": first["method"], "surrogates": first["surrogates"], "run": str(run_dir)}, ok
 
 
+def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
+    """What a face-recognition service sees of a photo run: each protected photo re-encoded
+    (JPEG ``jpeg``; 0 = as written), detected and aligned again by the evaluator's own detector
+    (MTCNN, the face nearest the centre), as a derived run folder ``<run>/attacker-jpegQ`` that
+    ``evaluate_runs`` ranks like any other. Photos where no face is found are recorded as
+    ``no_face`` and count as missing probes. PSNR/SSIM/MMD of the derived run are measured on
+    the full photos as written (``quality.json``), not on the re-detected crops."""
+    import io as _io
+
+    from PIL import Image
+
+    from tipim.io import append_jsonl, encode_image, load_rgb, read_jsonl, save_png
+
+    info, ok = read_run(run_dir)
+    view = Path(run_dir) / f"attacker-jpeg{jpeg}"
+    done = {r["id"] for r in read_jsonl(view / "manifest.jsonl")}
+    if aligner is None:
+        from tipim.align.aligner import FaceAligner
+
+        aligner = FaceAligner(multi="center")
+    label = f"{info['method']} @" + (f"jpeg{jpeg}" if jpeg else "png")
+    for pid, r in ok.items():
+        if pid in done:
+            continue
+        img = load_rgb(r["output"])
+        if jpeg:
+            img = np.asarray(Image.open(_io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
+        faces, _ = aligner.faces(img)
+        rec = {"id": pid, "source": r["output"], "method": label, "surrogates": info["surrogates"], "jpeg": jpeg}
+        if faces:
+            out = view / "images" / f"{pid}.png"
+            save_png(out, faces[0].crop)
+            rec |= {"output": str(out), "status": "ok"}
+        else:
+            rec |= {"output": None, "status": "no_face"}
+        append_jsonl(view / "manifest.jsonl", rec)
+    qfile = view / "quality.json"
+    if not qfile.is_file():
+        pairs = [(load_rgb(r["source"]), load_rgb(r["output"])) for r in ok.values()]
+        psnr = [float(peak_signal_noise_ratio(torch.from_numpy(b).float(), torch.from_numpy(a).float(), data_range=255.0)) for a, b in pairs]
+        ssim = [float(structural_similarity_index_measure(torch.from_numpy(b).permute(2, 0, 1)[None].float(), torch.from_numpy(a).permute(2, 0, 1)[None].float(), data_range=255.0)) for a, b in pairs]
+        qfile.write_text(json.dumps({"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "mmd": float("nan"), "quality_on": "full photos"}))
+    return view
+
+
 def evaluate_runs(protocol_path, run_dirs, models: dict, aligned_root=None, batch_size: int = 64) -> list[dict]:
     """``models``: name -> embedder. Returns one row per (run, evaluation model)."""
     proto = load_protocol(protocol_path)
@@ -71,7 +117,8 @@ def evaluate_runs(protocol_path, run_dirs, models: dict, aligned_root=None, batc
     quality = {}
     for info, ok in runs:
         ids = [i for i in ok if i in probe_by_id]
-        quality[info["run"]] = image_quality([root / probe_by_id[i]["path"] for i in ids], [ok[i]["output"] for i in ids])
+        qfile = Path(info["run"]) / "quality.json"  # attacker views measure quality on the full photos
+        quality[info["run"]] = json.loads(qfile.read_text()) if qfile.is_file() else image_quality([root / probe_by_id[i]["path"] for i in ids], [ok[i]["output"] for i in ids])
     rows = []
     for mname, model in models.items():
         gal = gallery_embeddings(model, mname, root, proto["gallery"], batch_size)
@@ -145,4 +192,4 @@ def markdown_table(rows: list[dict], title: str = "Identity protection on the LF
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["evaluate_runs", "gallery_embeddings", "markdown_table", "read_run"]
+__all__ = ["attacker_view", "evaluate_runs", "gallery_embeddings", "markdown_table", "read_run"]

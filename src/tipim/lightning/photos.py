@@ -240,7 +240,7 @@ class ProtectedPhotoWriter(BasePredictionWriter):
             try:
                 if eps is None:
                     raise ValueError("photos need an L-inf bound (norm: linf)")
-                x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"]
+                x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"].cpu()  # Lightning moved the batch
                 protected, _ = paste_masks(photo["photo"], x_r, x_p, m, eps)
                 exif = _exif_kept(photo["source"]) if self.keep_metadata else None
                 atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
