@@ -156,3 +156,30 @@ def test_evaluate_end_to_end_with_wandb_offline(lfw_protocol, tmp_path):
     (table,) = runs[0].glob("files/media/table/results_*.table.json")
     t = json.loads(table.read_text())
     assert t["columns"][:3] == ["method", "surrogates", "eval_model"] and len(t["data"]) == 2
+
+
+def test_photo_pipeline_protects_and_ranks_what_an_attacker_sees(lfw_protocol, tmp_path):
+    """Whole LFW photos of the probes: protected, then re-encoded, re-detected and re-aligned."""
+    need_model("arcface-mbf")
+    repo = Path(__file__).resolve().parents[1]
+    env = os.environ | {"OMP_NUM_THREADS": "2"}
+    run = tmp_path / "photos"
+    cmd = [sys.executable, "-m", "tipim.cli", "protect", str(lfw_protocol), "--out", str(run), "--targets", str(lfw_protocol),
+           "--preset", "fast", "--faces", "center", "--data.batch_size", "4", "--model.steps", "10", "--trainer.accelerator", "cpu"]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = tmp_path / "eval"
+    cmd = [sys.executable, "-m", "tipim.cli", "evaluate", "--protocol", str(lfw_protocol), "--runs", str(run),
+           "--models", "arcface-mbf", "--pipeline", "photo", "--jpeg", "0", "75", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads((out / "results.json").read_text())
+    assert [x["method"] for x in rows] == ["tipim-fast @png", "tipim-fast @jpeg75"]
+    for x in rows:
+        assert x["n_probes"] + x["n_probes_missing"] == 4 and x["n_probes"] >= 3  # re-detected
+        assert 30 < x["psnr"] < 60  # measured on the full photos
+    assert rows[0]["rank1_ut"] >= 0.5  # white box, as written: most probes no longer found at rank 1
+    for q in (0, 75):
+        view = run / f"attacker-jpeg{q}"
+        crops = list((view / "images").rglob("*.png"))
+        assert len(crops) == rows[0 if q == 0 else 1]["n_probes"]
