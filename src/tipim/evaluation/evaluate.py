@@ -85,7 +85,7 @@ def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
             continue
         img = load_rgb(r["output"])
         if jpeg:
-            img = np.asarray(Image.open(_io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
+            img = np.array(Image.open(_io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
         faces, _ = aligner.faces(img)
         rec = {"id": pid, "source": r["output"], "method": label, "surrogates": info["surrogates"], "jpeg": jpeg}
         if faces:

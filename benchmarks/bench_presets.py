@@ -1,0 +1,92 @@
+"""Seconds per photo for each ``tipim protect --preset`` on this machine: one face, in a 250x250
+photo (an LFW-sized portrait) and in a 1920x1080 photo. Timed around ``trainer.predict`` (detection,
+alignment, attack, paste-back, writing, the round-trip check); the one-off start (imports, model
+loading) is reported separately. The baseline row is the same pipeline with one attack step
+(detect, align, paste, write), so the attack's share is visible as a ratio.
+
+    python benchmarks/bench_presets.py [--out benchmarks/results]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def photos(folder: Path) -> dict[str, Path]:
+    import skimage.data
+
+    face = Image.fromarray(skimage.data.astronaut())
+    small = folder / "portrait_250x250.png"
+    face.resize((250, 250), Image.BICUBIC).save(small)
+    big = Image.new("RGB", (1920, 1080), (128, 128, 128))
+    big.paste(face.resize((1080, 1080), Image.BICUBIC), (420, 0))
+    large = folder / "photo_1920x1080.png"
+    big.save(large)
+    return {"250x250": small, "1920x1080": large}
+
+
+def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
+    from tipim.lightning.cli import _build, photo_args
+    from tipim.lightning.photos import PhotoDataModule
+
+    t0 = time.perf_counter()
+    cli = _build(photo_args([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra]), PhotoDataModule)
+    t1 = time.perf_counter()
+    cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    t2 = time.perf_counter()
+    row = json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])
+    return t1 - t0, t2 - t1, row
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--presets", nargs="+", default=["fast", "balanced", "strong"])
+    a = ap.parse_args()
+    import logging
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        inputs = photos(tmp)
+        cases = [("1 step (baseline)", "fast", ["--model.steps", "1"])] + [(p, p, []) for p in a.presets]
+        for label, preset, extra in cases:
+            for size, photo in inputs.items():
+                start, seconds, row = time_preset(preset, photo, tmp / f"{label}-{size}".replace(" ", "_"), extra)
+                rows.append({"preset": label, "photo": size, "seconds": round(seconds, 2), "start_seconds": round(start, 2),
+                             "faces": len(row["faces"]), "linf": row.get("linf"),
+                             "surrogate_success": sum(f["surrogate_success"] for f in row["faces"])})
+                print(f"{label:22s} {size:9s} {seconds:7.2f} s/photo  (start {start:.1f} s)  faces {rows[-1]['faces']}  "
+                      f"fooled {rows[-1]['surrogate_success']}  linf {row.get('linf')}", flush=True)
+    base = {r["photo"]: r["seconds"] for r in rows if r["preset"].startswith("1 step")}
+    for r in rows:
+        r["x_baseline"] = round(r["seconds"] / base[r["photo"]], 1)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "photo_presets.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+    lines = [f"# Seconds per photo by preset ({machine})", "",
+             "One face per photo (scikit-image's astronaut); timed around trainer.predict: detection, alignment, attack, "
+             "paste-back, writing the PNG and the round-trip check. `start` = imports and model loading, once per run. "
+             "Baseline: the same pipeline with a single attack step, measured in the same run.", "",
+             "| preset | photo | s/photo | x baseline | start (s) | fooled (surrogate, after paste-back) | max change |", "|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['preset']} | {r['photo']} | {r['seconds']:.2f} | {r['x_baseline']} | {r['start_seconds']:.1f} | "
+              f"{r['surrogate_success']}/{r['faces']} | {r['linf']} |" for r in rows]
+    (out / "photo_presets.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()
