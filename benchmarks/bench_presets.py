@@ -79,7 +79,7 @@ def main():
     (out / "photo_presets.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     lines = [f"# Seconds per photo by preset ({machine})", "",
              "One face per photo (scikit-image's astronaut); timed around trainer.predict: detection, alignment, attack, "
-             "paste-back, writing the PNG and the round-trip check. `start` = imports and model loading, once per run. "
+             "paste-back, writing the PNG and the round-trip check. `start` = building the run once (model loading; Python imports, 5-8 s for the command line, not included). "
              "Baseline: the same pipeline with a single attack step, measured in the same run.", "",
              "| preset | photo | s/photo | x baseline | start (s) | fooled (surrogate, after paste-back) | max change |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['preset']} | {r['photo']} | {r['seconds']:.2f} | {r['x_baseline']} | {r['start_seconds']:.1f} | "
