@@ -11,11 +11,8 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 
 
-class ProtectedImageWriter(BasePredictionWriter):
-    """Writes each protected face as a lossless PNG (atomically) and one ``manifest.jsonl`` line
-    per face. ``linf`` is measured on the written file against the input file, in 8-bit levels.
-    Ids already ``ok`` in the manifest are never written twice (a resumed batch re-runs whole so
-    that its MMD term is the same, but only its missing faces are written)."""
+class ManifestWriter(BasePredictionWriter):
+    """A run folder with a ``manifest.jsonl``; ids already ``ok`` there are never written twice."""
 
     def __init__(self, output_dir: str):
         super().__init__(write_interval="batch")
@@ -29,6 +26,13 @@ class ProtectedImageWriter(BasePredictionWriter):
     def setup(self, trainer, pl_module, stage=None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
+
+
+class ProtectedImageWriter(ManifestWriter):
+    """Writes each protected face as a lossless PNG (atomically) and one ``manifest.jsonl`` line
+    per face. ``linf`` is measured on the written file against the input file, in 8-bit levels.
+    Ids already ``ok`` in the manifest are never written twice (a resumed batch re-runs whole so
+    that its MMD term is the same, but only its missing faces are written)."""
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         k = 0
@@ -122,4 +126,4 @@ class AttackStatsLogger(Callback):
                 self.images_logged = True
 
 
-__all__ = ["AttackStatsLogger", "ProtectedImageWriter"]
+__all__ = ["AttackStatsLogger", "ManifestWriter", "ProtectedImageWriter"]

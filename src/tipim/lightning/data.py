@@ -129,6 +129,16 @@ def collate(rows: list[dict]) -> dict:
     }
 
 
+def seeded_subset(items: list, limit: int | None, seed: int = 0) -> list:
+    """``limit`` items drawn with ``seed`` (sorted by id), or all of them; a smaller draw with the
+    same seed is a subset of a larger one."""
+    if limit is None or limit >= len(items):
+        return items
+    import random
+
+    return sorted(random.Random(seed).sample(items, limit), key=lambda i: i.id)
+
+
 class ProtectDataModule(L.LightningDataModule):
     """Aligned faces to protect and the target identities.
 
@@ -163,11 +173,7 @@ class ProtectDataModule(L.LightningDataModule):
         self.target_images: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.items = scan_faces(self.faces, self.root)
-        if self.limit is not None and self.limit < len(self.items):
-            import random
-
-            self.items = sorted(random.Random(self.limit_seed).sample(self.items, self.limit), key=lambda i: i.id)
+        self.items = seeded_subset(scan_faces(self.faces, self.root), self.limit, self.limit_seed)
         if not self.items:
             raise ValueError(f"no faces found in {self.faces}")
         self.target_names, self.target_images = load_targets(self.targets, self.root)

@@ -18,12 +18,13 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from tipim.io import IMAGE_SUFFIXES, MAX_PIXELS, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, list_images, load_rgb, read_jsonl
-from tipim.lightning.data import ShardedBatches, load_targets
+from tipim.lightning.callbacks import ManifestWriter
+from tipim.lightning.data import ShardedBatches, load_targets, seeded_subset
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
@@ -149,11 +150,7 @@ class PhotoDataModule(L.LightningDataModule):
         self.target_images: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.items = scan_photos(self.photos, self.root)
-        if self.limit is not None and self.limit < len(self.items):
-            import random
-
-            self.items = sorted(random.Random(self.limit_seed).sample(self.items, self.limit), key=lambda i: i.id)
+        self.items = seeded_subset(scan_photos(self.photos, self.root), self.limit, self.limit_seed)
         if not self.items:
             raise ValueError(f"no photos found in {self.photos}")
         self.target_names, self.target_images = load_targets(self.targets, self.root)
@@ -180,7 +177,7 @@ def _exif_kept(source: str) -> bytes | None:
         return exif.tobytes()
 
 
-class ProtectedPhotoWriter(BasePredictionWriter):
+class ProtectedPhotoWriter(ManifestWriter):
     """Pastes each face's mask back into its photo and writes the photo (atomically), then one
     manifest line per photo. ``linf`` is measured on the written file (PNG, lossless WebP: the
     bound holds exactly; JPEG/lossy WebP: the codec's own error is added on top, and
@@ -188,18 +185,9 @@ class ProtectedPhotoWriter(BasePredictionWriter):
     measured on the written photo re-cropped with the same alignment."""
 
     def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False):
-        super().__init__(write_interval="batch")
-        self.output_dir, self.output_format, self.quality, self.keep_metadata = Path(output_dir), output_format, quality, keep_metadata
-        self.done: set[str] = set()
+        super().__init__(output_dir)
+        self.output_format, self.quality, self.keep_metadata = output_format, quality, keep_metadata
         self.counts = {"photos": 0, "faces": 0, "protected": 0, "failed": 0, "skipped": 0}
-
-    @property
-    def manifest(self) -> Path:
-        return self.output_dir / "manifest.jsonl"
-
-    def setup(self, trainer, pl_module, stage=None) -> None:
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
 
     @torch.no_grad()
     def _check(self, pl_module, protected: np.ndarray, x_r: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
