@@ -58,10 +58,14 @@ def summarise_photos(output_dir: str | Path) -> tuple[str, int]:
     fooled = sum(f["surrogate_success"] for r in ok for f in r["faces"])
     kinds = Counter(r["status"] for r in failed)
     why = f" ({', '.join(f'{n} {k.replace(chr(95), chr(32))}' for k, n in sorted(kinds.items()))})" if kinds else ""
+    mask = max((r["linf_before_encoding"] for r in ok), default=0)
+    decoded = max((r["linf"] for r in ok), default=0)
+    codec = f" (the lossy codec adds its own error: up to {decoded}/255 in the decoded file)" if decoded > mask else ""
+    out = Path(output_dir)
     line = (
         f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}; "
         f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate; "
-        f"max pixel change {max((r['linf'] for r in ok), default=0)}/255. Outputs: {output_dir}/images, log: {output_dir}/manifest.jsonl"
+        f"max pixel change {mask}/255{codec}. Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
     )
     return line, len(failed)
 

@@ -187,7 +187,6 @@ class ProtectedPhotoWriter(ManifestWriter):
     def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False):
         super().__init__(output_dir)
         self.output_format, self.quality, self.keep_metadata = output_format, quality, keep_metadata
-        self.counts = {"photos": 0, "faces": 0, "protected": 0, "failed": 0, "skipped": 0}
 
     @torch.no_grad()
     def _check(self, pl_module, protected: np.ndarray, x_r: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -215,12 +214,9 @@ class ProtectedPhotoWriter(ManifestWriter):
             rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
                    "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
                    "rank": trainer.global_rank, "format": self.output_format, "faces": []}
-            self.counts["photos"] += 1
             if photo["id"] in self.done:
-                self.counts["skipped"] += 1
                 continue
             if photo["error"]:
-                self.counts["failed"] += 1
                 append_jsonl(self.manifest, rec | {"status": photo["status"], "error": photo["error"]})
                 _say(photo["error"])
                 continue
@@ -248,14 +244,10 @@ class ProtectedPhotoWriter(ManifestWriter):
                 out.unlink(missing_ok=True)
                 rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
             append_jsonl(self.manifest, rec)
-            if rec["status"] != "ok":
-                _say(rec["error"])
             if rec["status"] == "ok":
                 self.done.add(photo["id"])
-                self.counts["protected"] += 1
-                self.counts["faces"] += n
             else:
-                self.counts["failed"] += 1
+                _say(rec["error"])
 
 
 def _say(message: str) -> None:
