@@ -11,6 +11,7 @@ PROBES=${PROBES:-}
 STAGES=${STAGES:-"table3 schedule ensemble gamma photos"}
 PROTECT_ARGS=${PROTECT_ARGS:-}   # extra flags for every protect run, e.g. "--trainer.accelerator gpu"
 ENSEMBLE_EVERY=${ENSEMBLE_EVERY:-1}  # greedy selection every s-th step in the (5x dearer) ensemble stage
+HELD=${HELD:-}                   # ensemble stage: only these held-out models (e.g. to run them in parallel)
 EVALUATE=${EVALUATE:-1}          # 0: protect only (evaluate later, e.g. where all four models are)
 PROTOCOL=$OUT/protocol.json
 MODELS="arcface-mbf sface facenet dlib-resnet"
@@ -43,8 +44,8 @@ for stage in $STAGES; do
       evaluate schedule "Greedy selection every s-th step" "$RUNS"/tipim "$RUNS"/tipim-every{2,5,10} ;;
     ensemble)  # leave-one-out ensembles of the other zoo models
       runs=()
-      for held in $MODELS; do
-        members=$(for m in $MODELS; do [ "$m" != "$held" ] && printf '%s,' "$m"; done)
+      for held in ${HELD:-$MODELS}; do
+        members=$(for m in $MODELS; do [ "$m" = "$held" ] || printf '%s,' "$m"; done)
         name=tipim-loo-$held; [ "$ENSEMBLE_EVERY" = 1 ] || name=$name-every$ENSEMBLE_EVERY
         protect "$name" tipim --model.method "$name" --model.surrogates "[${members%,}]" \
           --model.selector.init_args.every "$ENSEMBLE_EVERY"
