@@ -51,7 +51,8 @@ for stage in $STAGES; do
           --model.selector.init_args.every "$ENSEMBLE_EVERY"
         runs+=("$RUNS/$name")
       done
-      evaluate ensemble "TIP-IM with leave-one-out ensembles (Table 4 layout)" "${runs[@]}" ;;
+      table=ensemble; [ "$ENSEMBLE_EVERY" = 1 ] || table=ensemble-every$ENSEMBLE_EVERY
+      evaluate "$table" "TIP-IM with leave-one-out ensembles (Table 4 layout)" "${runs[@]}" ;;
     gamma)  # naturalness weight (Table 5 layout)
       # gamma 1 is the tipim run of table3 (configs/method/tipim.yaml), so it is not run twice
       for g in 0 2 3; do protect "tipim-gamma$g" tipim --model.method "tipim-gamma$g" --model.gamma "$g"; done

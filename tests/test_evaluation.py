@@ -183,3 +183,21 @@ def test_photo_pipeline_protects_and_ranks_what_an_attacker_sees(lfw_protocol, t
         view = run / f"attacker-jpeg{q}"
         crops = list((view / "images").rglob("*.png"))
         assert len(crops) == rows[0 if q == 0 else 1]["n_probes"]
+
+
+def test_a_moved_run_reads_its_own_images_not_the_recorded_paths(tmp_path):
+    from tipim.evaluation.evaluate import read_run
+    from tipim.io import append_jsonl
+
+    old, new = tmp_path / "old" / "run", tmp_path / "moved" / "run"
+    for d in (old, new):
+        (d / "images" / "A").mkdir(parents=True)
+    # the run was made in `old`, copied to `new`; `old` now holds a different run's file
+    Image.new("RGB", (4, 4), "red").save(old / "images" / "A" / "A_0001.png")
+    Image.new("RGB", (4, 4), "blue").save(new / "images" / "A" / "A_0001.png")
+    rec = {"id": "A/A_0001", "status": "ok", "method": "m", "surrogates": ["s"]}
+    append_jsonl(new / "manifest.jsonl", rec | {"output": str(old / "images" / "A" / "A_0001.png")})
+    append_jsonl(new / "manifest.jsonl", rec | {"id": "B/B_0001", "output": str(tmp_path / "elsewhere.png")})
+    _, ok = read_run(new)
+    assert ok["A/A_0001"]["output"] == str(new / "images" / "A" / "A_0001.png")
+    assert ok["B/B_0001"]["output"] == str(tmp_path / "elsewhere.png")  # nothing beside it: kept as recorded

@@ -45,6 +45,17 @@ def gallery_embeddings(model, name: str, root: Path, gallery: list[dict], batch_
     return emb
 
 
+def _beside_manifest(run_dir: str | Path, recorded: str) -> Path:
+    """A run's images live in its own ``images/`` folder: a run folder that was moved or copied
+    reads its own files, never whatever now sits at the recorded path (another run's, say)."""
+    parts = Path(recorded).parts
+    if "images" in parts:
+        own = Path(run_dir).joinpath("images", *parts[len(parts) - parts[::-1].index("images") :])
+        if own.is_file():
+            return own
+    return Path(recorded)
+
+
 def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     """The run's settings (from its manifest) and its ``ok`` faces by id."""
     rows = read_jsonl(Path(run_dir) / "manifest.jsonl")
@@ -52,9 +63,8 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
         raise FileNotFoundError(f"{run_dir}/manifest.jsonl is missing or empty; run tipim protect first")
     latest = {r["id"]: r for r in rows}
     ok = {k: r for k, r in latest.items() if r.get("status") == "ok"}
-    for r in ok.values():  # a run folder that was moved or copied: its images are beside the manifest
-        if not Path(r["output"]).is_file() and (Path(run_dir) / "images" / f"{r['id']}.png").is_file():
-            r["output"] = str(Path(run_dir) / "images" / f"{r['id']}.png")
+    for r in ok.values():
+        r["output"] = str(_beside_manifest(run_dir, r["output"]))
     first = next(iter(ok.values()), rows[0])
     return {"method": first["method"], "surrogates": first["surrogates"], "run": str(run_dir)}, ok
 
