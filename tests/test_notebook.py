@@ -19,7 +19,8 @@ def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path):
         b = np.clip(a.astype(int) + rng.integers(-12, 13, a.shape), 0, 255).astype(np.uint8)
         Image.fromarray(a).save(tmp_path / f"src{i}.png")
         Image.fromarray(b).save(run / "images" / f"f{i}.png")
-        lines.append(json.dumps({"id": f"f{i}", "source": str(tmp_path / f"src{i}.png"), "output": str(run / "images" / f"f{i}.png"), "status": "ok", "target": "t", "linf": 12}))
+        # as tipim writes them: sources relative to where it ran (TIPIM_ROOT), outputs where the run was made
+        lines.append(json.dumps({"id": f"f{i}", "source": f"src{i}.png", "output": f"/elsewhere/run/images/f{i}.png", "status": "ok", "target": "t", "linf": 12, "method": "tipim", "surrogates": ["arcface-mbf"]}))
     (run / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     res = tmp_path / "results"
     res.mkdir()
@@ -31,9 +32,12 @@ def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path):
     (res / "results.json").write_text(json.dumps(rows))
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed stripped
-    os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"] = str(res), str(run)
+    os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"], os.environ["TIPIM_ROOT"] = str(res), str(run), str(tmp_path)
+    (tmp_path / "nb").mkdir()
     try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()
     finally:
-        del os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"]
+        del os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"], os.environ["TIPIM_ROOT"]
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "4"
+    for cell in nb.cells[2:]:  # the heat map and the face grid are shown, not just drawn
+        assert any("image/png" in o.get("data", {}) for o in cell.outputs)
