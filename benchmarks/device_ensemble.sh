@@ -3,7 +3,12 @@
 # accelerator through the device tool; evaluated afterwards on the CPU machine.
 #
 # The four zoo models weigh 159 MiB and one call carries at most 64 MiB, so they travel in three
-# calls to one warm machine, each stashing its part in /root/stash (split facenet, joined here):
+# calls to one warm machine, each stashing its part in /root/stash (split facenet, joined here).
+# Prepared here (M=~/.cache/tipim/models; model files only, not the .sha256 stamps):
+#   mkdir -p .gpu/xfer-a/arcface-mbf .gpu/xfer-b .gpu/xfer-c/sface .gpu/xfer-c/dlib-resnet
+#   split -b 34M $M/facenet/facenet_keras.h5 .gpu/xfer-a/facenet_keras.h5.part-
+#   mv .gpu/xfer-a/facenet_keras.h5.part-a[bc] .gpu/xfer-b/; cp $M/arcface-mbf/*.onnx .gpu/xfer-a/arcface-mbf/
+#   cp $M/sface/*.onnx .gpu/xfer-c/sface/; cp $M/dlib-resnet/*.dat .gpu/xfer-c/dlib-resnet/
 #   call 1: carry .whl .gpu/lfw-aligned .gpu/xfer-a (arcface)   -> `cp -r ... /root/stash`
 #   call 2: carry .gpu/xfer-b                                     -> `cp -r ... /root/stash`
 #   call 3: carry .gpu/xfer-c, run this script
