@@ -1,5 +1,4 @@
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -7,7 +6,7 @@ import pytest
 from PIL import Image
 
 
-def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path):
+def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     run = tmp_path / "run"
@@ -32,12 +31,10 @@ def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path):
     (res / "results.json").write_text(json.dumps(rows))
     nb = nbformat.read(Path(__file__).resolve().parents[1] / "notebooks" / "results.ipynb", as_version=4)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")  # committed stripped
-    os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"], os.environ["TIPIM_ROOT"] = str(res), str(run), str(tmp_path)
+    for key, value in (("TIPIM_RESULTS", res), ("TIPIM_RUN", run), ("TIPIM_ROOT", tmp_path)):
+        monkeypatch.setenv(key, str(value))  # the kernel inherits them
     (tmp_path / "nb").mkdir()
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()
-    finally:
-        del os.environ["TIPIM_RESULTS"], os.environ["TIPIM_RUN"], os.environ["TIPIM_ROOT"]
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path / "nb")}}).execute()
     assert nb.cells[1].outputs[0]["data"]["text/plain"] == "4"
     for cell in nb.cells[2:]:  # the heat map and the face grid are shown, not just drawn
         assert any("image/png" in o.get("data", {}) for o in cell.outputs)
