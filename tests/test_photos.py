@@ -3,6 +3,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -88,34 +89,115 @@ def test_posting_transform_is_differentiable_and_bounded():
         PostingTransform(quality=(0, 120))
 
 
-def _corpus(root: Path) -> dict[str, str]:
-    """Odd inputs and the documented outcome of each."""
+NOCAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root obeys file modes too
+
+
+def _noise(h: int, w: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(90, 160, (h, w, 3), dtype=np.uint8))
+
+
+def _corpus(root: Path) -> dict[str, tuple[str, str]]:
+    """Odd inputs, each with its documented status and a piece of its message ("" for ok)."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
     root.mkdir()
     face = astronaut()
+    expect = {}
+
+    def case(name, status, says=""):
+        expect[name] = (status, says)
+
     face.save(root / "plain.jpg", quality=92)
+    case("plain", "ok")
     jpeg = (root / "plain.jpg").read_bytes()
     (root / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    case("truncated", "unreadable", "damaged")
     (root / "zero.jpg").write_bytes(b"")
+    case("zero", "unreadable", "not an image this tool can read")
     (root / "notes.png").write_text("not a photo")
+    case("notes", "unreadable", "not an image this tool can read")
     Image.new("1", (9000, 9000)).save(root / "huge.png")  # 81 MP, a few KB on disk
+    case("huge", "unreadable", "megapixel")
+    sof = jpeg.index(b"\xff\xc0")  # a JPEG whose header claims 60000 x 60000 pixels
+    (root / "header.jpg").write_bytes(jpeg[: sof + 5] + (60000).to_bytes(2, "big") * 2 + jpeg[sof + 9 :])
+    case("header", "unreadable", "more pixels than the 64-megapixel limit")
     face.convert("L").save(root / "grey.png")
+    case("grey", "ok")
     face.convert("CMYK").save(root / "cmyk.jpg")
+    case("cmyk", "ok")
     rgba = face.convert("RGBA")
     rgba.putalpha(200)
     rgba.save(root / "rgba.png")
-    arr16 = (np.asarray(face.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)
-    Image.fromarray(arr16).save(root / "sixteen.png")
+    case("rgba", "ok")
+    Image.fromarray((np.asarray(face.convert("L"), dtype=np.uint16) * 257).astype(np.uint16)).save(root / "sixteen.png")
+    case("sixteen", "ok")
     exif = Image.Exif()
     exif[0x0112] = 6  # stored rotated; upright after a 90-degree turn
     exif[0x8825] = {1: "N", 2: (52.0, 31.0, 12.0)}  # a GPS position that must not be written out
     face.transpose(Image.Transpose.ROTATE_90).save(root / "rotated.jpg", exif=exif, quality=92)
-    Image.fromarray(np.random.default_rng(0).integers(90, 160, (200, 300, 3), dtype=np.uint8)).save(root / "noface.png")
+    case("rotated", "ok")
+    _noise(200, 300).save(root / "noface.png")
+    case("noface", "no_face", "no face found")
     three = Image.new("RGB", (768, 256))
     for i in range(3):
         three.paste(face, (256 * i, 0))
     three.save(root / "three.png")
-    return {"plain": "ok", "truncated": "unreadable", "zero": "unreadable", "notes": "unreadable", "huge": "unreadable",
-            "grey": "ok", "cmyk": "ok", "rgba": "ok", "sixteen": "ok", "rotated": "ok", "noface": "no_face", "three": "ok"}
+    case("three", "ok")
+    Image.new("RGB", (1, 1)).save(root / "one.png")
+    case("one", "no_face", "only 1x1 pixels, too small to hold a face")
+    face.resize((20, 20)).save(root / "twenty.png")
+    case("twenty", "no_face", "no face found")
+    face.crop((110, 0, 256, 256)).save(root / "border.png")  # half the face is outside the photo
+    case("border", "ok")
+    face.save(root / "iphone.heic", quality=90)
+    case("iphone", "ok")
+    face.save(root / "modern.avif", quality=90)
+    case("modern", "ok")
+    face.save(root / "still.gif")
+    case("still", "ok")
+    face.save(root / "animated.gif", save_all=True, append_images=[face.rotate(5)], duration=100)
+    case("animated", "unreadable", "an animation (2 frames)")
+    os.symlink("loop_b.jpg", root / "loop.jpg")
+    os.symlink("loop.jpg", root / "loop_b.jpg")
+    case("loop", "unreadable", "points to itself")
+    case("loop_b", "unreadable", "points to itself")
+    os.symlink("gone.jpg", root / "dangling.jpg")
+    case("dangling", "unreadable", "no such file")
+    face.save(root / "locked.jpg")
+    os.chmod(root / "locked.jpg", 0)
+    case("locked", "unreadable", "permission denied")
+    face.save(root / "with space.jpg")
+    case("with space", "ok")
+    face.save(root / "café_ß_写真.jpg")
+    case("café_ß_写真", "ok")
+    (root / "album.jpg").mkdir()  # a folder named like a photo
+    _noise(64, 64, 1).save(root / "album.jpg" / "inner.png")
+    case("album.jpg/inner", "no_face", "no face found")
+    for d in ("a", "b"):  # the same name in two folders
+        (root / d).mkdir()
+        _noise(64, 64, 2).save(root / d / "same.jpg")
+        case(f"{d}/same", "no_face", "no face found")
+    (root / "twin.jpg").write_bytes(jpeg[:100])  # the same stem twice in one folder
+    case("twin.jpg", "unreadable", "damaged")
+    _noise(64, 64, 3).save(root / "twin.png")
+    case("twin.png", "no_face", "no face found")
+    face.save(root / "mislabelled.jpg", format="PNG")  # PNG bytes behind a .jpg name
+    case("mislabelled", "ok")
+    _noise(80, 80, 4).save(root / "bitmap.bmp")
+    case("bitmap", "no_face", "no face found")
+    _noise(80, 80, 5).save(root / "scan.TIFF")
+    case("scan", "no_face", "no face found")
+    _noise(80, 80, 6).convert("P").save(root / "palette.png", transparency=0)
+    case("palette", "no_face", "no face found")
+    _noise(30, 2000, 7).save(root / "panorama.webp", lossless=True)
+    case("panorama", "no_face", "no face found")
+    (root / ".DS_Store").write_bytes(b"\0" * 10)  # not read, counted in the summary
+    (root / "readme.txt").write_text("holiday photos")
+    (root / "last_run" / "images").mkdir(parents=True)  # an earlier run's output folder: not protected twice
+    (root / "last_run" / ".tipim.lock").write_text("")
+    face.save(root / "last_run" / "images" / "plain.png")
+    return expect
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +207,10 @@ def photo_run(tmp_path_factory):
     need_model("demo")
     root = tmp_path_factory.mktemp("photos")
     expected = _corpus(root / "in")
-    out = root / "out"
+    out = root / "in" / "protected"  # the output folder inside the input folder
     cmd = [*TIPIM, "protect", str(root / "in"), "--out", str(out), "--preset", "fast", "--model.steps", "3", "--trainer.accelerator", "cpu"]
+    if os.geteuid() == 0:
+        cmd = NOCAPS + cmd
     env = os.environ | {"OMP_NUM_THREADS": "2", "PYTHONUNBUFFERED": "1"}
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     return {"in": root / "in", "out": out, "expected": expected, "result": r, "cmd": cmd, "env": env}
@@ -134,15 +218,49 @@ def photo_run(tmp_path_factory):
 
 def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     r, expected = photo_run["result"], photo_run["expected"]
+    assert len(expected) >= 30
     assert r.returncode == 1, r.stdout + r.stderr  # some photos failed: exit 1, the rest written
     rows = {x["id"]: x for x in map(json.loads, (photo_run["out"] / "manifest.jsonl").read_text().splitlines())}
-    assert {k: v["status"] for k, v in rows.items()} == expected
-    for name in ("truncated", "zero", "notes", "huge", "noface"):
-        assert rows[name]["error"].startswith(str(photo_run["in"] / name)), rows[name]["error"]  # names the file
-        assert name in r.stderr  # and says so while running
-    assert "megapixel" in rows["huge"]["error"] and "no face found" in rows["noface"]["error"]
-    assert [len(rows[n]["faces"]) for n in ("plain", "grey", "cmyk", "rgba", "sixteen", "rotated", "three")] == [1, 1, 1, 1, 1, 1, 3]
-    assert "12 photos, 9 faces: 7 photos protected, 5 failed (1 no face, 4 unreadable)" in r.stdout
+    assert {k: v["status"] for k, v in rows.items()} == {k: v[0] for k, v in expected.items()}
+    for name, (status, says) in expected.items():
+        if status != "ok":
+            assert says in rows[name]["error"], (name, rows[name]["error"])
+            assert rows[name]["error"].startswith(rows[name]["source"] + ":")  # names the file, once
+            assert rows[name]["error"].count(rows[name]["source"]) == 1, rows[name]["error"]
+            assert rows[name]["source"] in r.stderr  # and says so while running
+    faces = {n: len(rows[n]["faces"]) for n, (status, _) in expected.items() if status == "ok"}
+    assert faces.pop("three") == 3 and set(faces.values()) == {1}
+    n_ok = sum(s == "ok" for s, _ in expected.values())
+    assert f"{len(expected)} photos, {n_ok + 2} faces: {n_ok} photos protected, {len(expected) - n_ok} failed" in r.stdout
+    assert "3 files not read: 1 a tipim output folder (already protected), 1 hidden file, 1 not a photo (.txt)" in r.stdout
+    assert "readme.txt: not a photo (.txt)" in r.stderr
+
+
+def test_bad_outputs_and_empty_inputs_stop_early_with_a_clear_message(tmp_path):
+    need_model("demo")
+    env = os.environ | {"OMP_NUM_THREADS": "2"}
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("x")
+    r = subprocess.run([*TIPIM, "protect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "no photos in" in r.stderr and "1 not a photo (.txt)" in r.stderr and "HEIC" in r.stderr
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root without setpriv: a read-only folder is writable to root")
+    astronaut().save(tmp_path / "me.jpg")
+    ro = tmp_path / "readonly"
+    ro.mkdir(mode=0o555)
+    cmd = [*TIPIM, "protect", str(tmp_path / "me.jpg"), "--out", str(ro)]
+    r = subprocess.run((NOCAPS if os.geteuid() == 0 else []) + cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and f"{ro}: cannot write the output folder" in r.stderr and "choose another --out" in r.stderr
+
+
+def test_help_leads_with_the_photo_options():
+    r = subprocess.run([*TIPIM, "protect", "--help"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0
+    for flag in ("--out", "--preset", "--robust", "--format", "--faces", "balanced", "--help-all"):
+        assert flag in r.stdout
+    assert "max_epochs" not in r.stdout
+    r = subprocess.run([*TIPIM, "protect", "--help-all"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "--trainer.accelerator" in r.stdout and "--model.surrogates" in r.stdout
 
 
 def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
@@ -150,7 +268,7 @@ def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
 
     rows = [json.loads(x) for x in (photo_run["out"] / "manifest.jsonl").read_text().splitlines()]
     for row in (x for x in rows if x["status"] == "ok"):
-        src, out = load_rgb(row["source"]), load_rgb(row["output"])
+        src, out = load_rgb(row["source"]), load_rgb(photo_run["out"] / row["output"])
         assert out.shape == src.shape  # original (upright) size
         d = np.abs(out.astype(int) - src.astype(int))
         assert d.max() <= 12 and row["linf"] == d.max() and d.max() > 0
@@ -160,10 +278,10 @@ def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
             w, h = x1 - x0, y1 - y0
             far[max(0, int(y0 - h)) : int(y1 + h), max(0, int(x0 - w)) : int(x1 + w)] = False
         assert far.any() and d.max(2)[far].max() == 0
-        with Image.open(row["output"]) as im:
+        with Image.open(photo_run["out"] / row["output"]) as im:
             assert not im.getexif() and "exif" not in im.info
     rotated = next(x for x in rows if x["id"] == "rotated")
-    assert load_rgb(rotated["output"]).shape[:2] == (256, 256)
+    assert load_rgb(photo_run["out"] / rotated["output"]).shape[:2] == (256, 256)
 
 
 def test_rerun_skips_what_is_done_and_retries_failures(photo_run):
@@ -173,7 +291,8 @@ def test_rerun_skips_what_is_done_and_retries_failures(photo_run):
     assert r.returncode == 1
     after = manifest.read_text().splitlines()
     new = [json.loads(x) for x in after[len(before) :]]
-    assert sorted(x["id"] for x in new) == ["huge", "noface", "notes", "truncated", "zero"]  # only the failures again
+    failed = sorted(k for k, (status, _) in photo_run["expected"].items() if status != "ok")
+    assert sorted(x["id"] for x in new) == failed  # only the failures again; the outputs inside the input are not inputs
 
 
 def test_jpeg_output_and_kept_metadata(tmp_path):
@@ -193,6 +312,6 @@ def test_jpeg_output_and_kept_metadata(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     (row,) = map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
     assert row["output"].endswith(".jpg") and row["linf_before_encoding"] <= 12
-    with Image.open(row["output"]) as im:
+    with Image.open(out / row["output"]) as im:
         assert im.format == "JPEG" and im.getexif().get(0x010F) == "CameraMaker"
-    assert load_rgb(row["output"]).shape == load_rgb(src).shape
+    assert load_rgb(out / row["output"]).shape == load_rgb(src).shape

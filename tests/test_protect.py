@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +30,7 @@ def demo_data(tmp_path_factory):
     return {"faces": out / "targets", "targets": out / "faces"}
 
 
-def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: bool = False):
+def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: bool = False, env: dict | None = None):
     cmd = [
         *TIPIM, "protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
         "--data.faces", str(demo_data["faces"]), "--data.targets", str(demo_data["targets"]),
@@ -39,7 +38,7 @@ def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: boo
         "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false",
         *(["--trainer.strategy", "ddp"] if devices > 1 else []), *extra,
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
     repo = Path(__file__).resolve().parents[1]
     if background:
         return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -70,7 +69,8 @@ def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
     for x in rows:
         assert x["status"] == "ok" and x["method"] == "mim" and x["surrogates"] == ["arcface-mbf"]
         assert x["eps"] == 12 and x["steps"] == 4 and x["target"] in {"astronaut", "player_gdp_0", "player_gdp_1", "player_gdp_2"}
-        diff = np.abs(pixels(x["output"]) - pixels(x["source"])).max()
+        assert not Path(x["output"]).is_absolute()  # relative to the run folder: a moved run still reads
+        diff = np.abs(pixels(out / x["output"]) - pixels(x["source"])).max()
         assert diff == x["linf"] <= 12 and diff > 0
     assert (out / "config.yaml").is_file() and "mim" in (out / "config.yaml").read_text()
     assert "10 faces: 10 protected, 0 failed" in r.stdout
@@ -84,23 +84,19 @@ def test_two_process_ddp_writes_each_face_once_and_matches_one_process(single_ru
     assert len(rows) == 10 and len({x["id"] for x in rows}) == 10
     assert {x["rank"] for x in rows} == {0, 1}  # both processes did work
     for x in rows:
-        assert np.array_equal(pixels(x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
+        assert np.array_equal(pixels(tmp_path / "ddp" / x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
 
 
 def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_data, tmp_path):
+    """Killed (SIGKILL) at a known point: the 4th image is written to its temporary file and not
+    yet renamed. The resumed run removes the leftover, writes the rest, and every image equals
+    the uninterrupted run's."""
     ref, _ = single_run
     out = tmp_path / "killed"
-    p = protect(demo_data, out, "--model.steps", "4", background=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        lines = (out / "manifest.jsonl").read_text().splitlines() if (out / "manifest.jsonl").exists() else []
-        if len(lines) >= 3:
-            break
-        time.sleep(0.05)
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
-    first = len(manifest(out))
-    assert 3 <= first < 10, "the kill came too late to test resuming"
+    p = protect(demo_data, out, background=True, env={"TIPIM_CRASH_AT": "before_rename:4"})
+    p.communicate(timeout=600)
+    assert p.returncode == -signal.SIGKILL
+    assert len(manifest(out)) == 3 and len(list(out.rglob("*.part"))) == 1  # killed mid-write, as planned
     r = protect(demo_data, out)
     assert r.returncode == 0, r.stdout + r.stderr
     rows = manifest(out)
@@ -108,7 +104,22 @@ def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_dat
     assert len(rows) == 10
     assert not list(out.rglob("*.part"))  # no half-written file left behind
     for x in rows:
-        assert np.array_equal(pixels(x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
+        assert np.array_equal(pixels(out / x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
+
+
+def test_a_second_run_on_the_same_folder_is_refused(demo_data, tmp_path):
+    from tipim.io import RunLock
+
+    out = tmp_path / "busy"
+    lock = RunLock(out).acquire()  # a live run holds the folder
+    try:
+        r = protect(demo_data, out)
+    finally:
+        lock.release()
+    assert r.returncode == 2 and f"another tipim run (pid {os.getpid()})" in r.stderr and "--out" in r.stderr
+    assert not (out / "manifest.jsonl").exists()
+    r = protect(demo_data, out, "--model.steps", "1", "--data.limit", "2")  # once free, it runs
+    assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_bad_faces_are_reported_and_the_rest_protected(demo_data, tmp_path):

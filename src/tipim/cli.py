@@ -137,7 +137,7 @@ def _evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("protect", help="protect aligned faces (LightningCLI: tipim protect --help)", add_help=False)
+    sub.add_parser("protect", help="protect photos, folders or aligned faces (tipim protect --help)", add_help=False)
 
     models = sub.add_parser("models", help="the face-recognition model zoo").add_subparsers(dest="action", required=True)
     models.add_parser("list", help="show every known model and whether it is fetched").set_defaults(func=_models_list)

@@ -427,6 +427,8 @@ class MTCNN(nn.Module):
     def detect(self, image: np.ndarray):
         if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
             raise ValueError(f"MTCNN takes an RGB uint8 image (H, W, 3), got {image.dtype} {image.shape}")
+        if min(image.shape[:2]) < self.min_face_size:  # no pyramid level fits: no face can be there
+            return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
         device = next(self.parameters()).device
         boxes, points = detect_face(
             torch.from_numpy(np.array(image)).to(device)[None],

@@ -46,8 +46,11 @@ def gallery_embeddings(model, name: str, root: Path, gallery: list[dict], batch_
 
 
 def _beside_manifest(run_dir: str | Path, recorded: str) -> Path:
-    """A run's images live in its own ``images/`` folder: a run folder that was moved or copied
-    reads its own files, never whatever now sits at the recorded path (another run's, say)."""
+    """A run's images live in its own ``images/`` folder and manifests record them relative to
+    the run folder. Older manifests recorded absolute paths: a run folder that was moved or
+    copied still reads its own files, never whatever now sits at the recorded path."""
+    if not Path(recorded).is_absolute():
+        return Path(run_dir) / recorded
     parts = Path(recorded).parts
     if "images" in parts:
         own = Path(run_dir).joinpath("images", *parts[len(parts) - parts[::-1].index("images") :])
@@ -101,7 +104,7 @@ def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
         if faces:
             out = view / "images" / f"{pid}.png"
             save_png(out, faces[0].crop)
-            rec |= {"output": str(out), "status": "ok"}
+            rec |= {"output": str(out.relative_to(view)), "status": "ok"}
         else:
             rec |= {"output": None, "status": "no_face"}
         append_jsonl(view / "manifest.jsonl", rec)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,7 +65,7 @@ class ProtectedImageWriter(ManifestWriter):
                 if eps is not None and linf > eps:
                     raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
                 rec |= {
-                    "output": str(out),
+                    "output": str(out.relative_to(self.output_dir)),
                     "target": prediction["target"][j],
                     "last_followed": prediction["chosen"][j],
                     "target_changes": int(prediction["changes"][j]),
@@ -80,6 +82,33 @@ class ProtectedImageWriter(ManifestWriter):
             append_jsonl(self.manifest, rec)
             if rec["status"] == "ok":
                 self.done.add(face_id)
+
+
+class RunProgress(Callback):
+    """A progress bar over photos (or faces) with faces/s and time left; Lightning's own bar
+    counts batches. Drawn by rank 0 only."""
+
+    def __init__(self, unit: str = "face"):
+        self.unit, self.bar, self.faces, self.start = unit, None, 0, 0.0
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from tqdm.auto import tqdm
+
+        loaders = trainer.predict_dataloaders
+        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
+        sampler = getattr(loader, "batch_sampler", None)
+        total = sum(len(b) for b in sampler.batches) if hasattr(sampler, "batches") else None
+        self.bar = tqdm(total=total, unit=self.unit, desc="protecting", file=sys.stderr, disable=trainer.global_rank != 0)
+        self.start = time.perf_counter()
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.faces += len(batch["id"])
+        rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{self.faces} faces, {rate:.2f} faces/s")
+        self.bar.update(len(batch["photos"]) if "photos" in batch else len(batch["id"]))
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.bar.close()
 
 
 class AttackStatsLogger(Callback):
@@ -126,4 +155,4 @@ class AttackStatsLogger(Callback):
                 self.images_logged = True
 
 
-__all__ = ["AttackStatsLogger", "ManifestWriter", "ProtectedImageWriter"]
+__all__ = ["AttackStatsLogger", "ManifestWriter", "ProtectedImageWriter", "RunProgress"]

@@ -50,7 +50,7 @@ def summarise(output_dir: str | Path) -> tuple[str, int]:
     return line, status.get("error", 0)
 
 
-def summarise_photos(output_dir: str | Path) -> tuple[str, int]:
+def summarise_photos(output_dir: str | Path, ignored: list | None = None) -> tuple[str, int]:
     latest = {r["id"]: r for r in read_jsonl(Path(output_dir) / "manifest.jsonl")}
     ok = [r for r in latest.values() if r["status"] == "ok"]
     failed = [r for r in latest.values() if r["status"] != "ok"]
@@ -61,12 +61,14 @@ def summarise_photos(output_dir: str | Path) -> tuple[str, int]:
     mask = max((r["linf_before_encoding"] for r in ok), default=0)
     decoded = max((r["linf"] for r in ok), default=0)
     codec = f" (the lossy codec adds its own error: up to {decoded}/255 in the decoded file)" if decoded > mask else ""
+    from tipim.inputs import describe_ignored
+
+    skipped = describe_ignored(ignored or [])
     out = Path(output_dir)
-    line = (
-        f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}; "
-        f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate; "
-        f"max pixel change {mask}/255{codec}. Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
-    )
+    parts = [f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}", skipped]
+    if faces:
+        parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate; max pixel change {mask}/255{codec}")
+    line = "; ".join(p for p in parts if p) + f". Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
     return line, len(failed)
 
 
@@ -79,22 +81,44 @@ PRESETS = {  # for people who do not know the method; timings in benchmarks/resu
 }
 
 
-def photo_args(argv: list[str]) -> list[str]:
-    """``tipim protect PHOTO... [--out DIR] [--preset P] ...`` as LightningCLI arguments."""
+def photo_parser():
     import argparse
-    import json
 
-    ap = argparse.ArgumentParser(prog="tipim protect", description="Protect photos: every face in each photo gets an identity mask.")
-    ap.add_argument("photos", nargs="+", help="photo files and/or folders (JPEG, PNG, WebP)")
-    ap.add_argument("--out", default="protected", help="run folder: images/, manifest.jsonl, config.yaml")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="balanced", help="fast / balanced (default) / strong")
+    ap = argparse.ArgumentParser(
+        prog="tipim protect",
+        description="Protect photos: every face in each photo gets an identity mask (TIP-IM); the rest of the photo is untouched.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "presets (seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
+            "  fast      arcface-mbf, 20 steps, greedy target choice every 5th step\n"
+            "  balanced  arcface-mbf, 50 steps, greedy choice every 2nd step (default)\n"
+            "  strong    arcface-mbf + sface ensemble, 50 steps, robust to re-compression\n\n"
+            "examples:\n"
+            "  tipim protect me.jpg                        -> protected/images/me.png\n"
+            "  tipim protect holiday/ --out safe/ --preset fast --format jpeg --quality 90\n\n"
+            "Any model, data or trainer option can follow (e.g. --trainer.accelerator gpu --model.steps 30).\n"
+            "Aligned face sets and protocols take a config instead of photos:\n"
+            "  tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --data.faces DIR ...\n"
+            "Every such option: tipim protect --help-all"
+        ),
+    )
+    ap.add_argument("photos", nargs="+", help="photo files and/or folders (searched recursively)")
+    ap.add_argument("--out", default="protected", help="run folder: images/, manifest.jsonl, config.yaml (default: protected)")
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="balanced", help="fast / balanced (default) / strong, see below")
     ap.add_argument("--robust", action="store_true", help="optimise through JPEG, resizing and shifts (survives re-compression)")
     ap.add_argument("--format", choices=["png", "jpeg", "webp"], default="png", help="output format (png: lossless, default)")
-    ap.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality")
+    ap.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; WebP 100 = lossless)")
     ap.add_argument("--keep-metadata", action="store_true", help="keep the source EXIF, location included (removed by default)")
     ap.add_argument("--targets", default=None, help="folder of aligned target faces (default: the packaged team photo's 10 faces)")
-    ap.add_argument("--faces", choices=["all", "largest", "center"], default="all", help="which faces of a photo to protect")
-    args, rest = ap.parse_known_args(argv)
+    ap.add_argument("--faces", choices=["all", "largest", "center"], default="all", help="which faces of a photo to protect (default: all)")
+    return ap
+
+
+def photo_args(argv: list[str]) -> list[str]:
+    """``tipim protect PHOTO... [--out DIR] [--preset P] ...`` as LightningCLI arguments."""
+    import json
+
+    args, rest = photo_parser().parse_known_args(argv)
     preset = dict(PRESETS[args.preset])
     robust = preset.pop("robust", False) or args.robust
     transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if robust else AFFINE
@@ -104,40 +128,69 @@ def photo_args(argv: list[str]) -> list[str]:
         args.targets = str(default_targets())
     out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
-           "--data.multi", args.faces, "--trainer.enable_progress_bar", "false", "--model.transform", json.dumps(transform),
-           "--seed_everything", "0"]
+           "--data.multi", args.faces, "--model.transform", json.dumps(transform), "--seed_everything", "0"]
     method = f"tipim-{args.preset}" + ("-robust" if robust and args.preset != "strong" else "")
     for k, v in (preset | {"method": method}).items():
         out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
     return out + rest
 
 
-def main(argv: list[str] | None = None) -> int:
+def _quiet() -> None:
+    """A person sees our progress bar, messages and summary: not Lightning's tips, device
+    inventory or third-party deprecation warnings that ask nothing of them."""
+    import logging
     import warnings
 
-    warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python.*")
-    warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message in (".*args parameter is intended to run from within Python.*", ".*custom batch sampler.*", ".*treespec.*",
+                    ".*does not have many workers.*", ".*litlogger.*", ".*litmodels.*"):
+        warnings.filterwarnings("ignore", message=message)
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.utils._pytree")
+
+
+def _lead_rank() -> bool:
+    """The process that owns the run folder: rank 0 of torchrun/SLURM, or the process a user
+    started (Lightning's DDP launcher gives the processes it starts a LOCAL_RANK)."""
+    import os
+
+    return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
+
+
+def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    photos = bool(argv) and not argv[0].startswith("-")  # `tipim protect photo.jpg ...`
+    if not argv or argv[0] in ("-h", "--help"):
+        photo_parser().print_help()
+        return 0 if argv else 2
+    if argv[0] == "--help-all":
+        argv = ["--help"]
+    photos = not argv[0].startswith("-")  # `tipim protect photo.jpg ...`
+    _quiet()
+    from tipim.io import OutputBusyError, RunLock, remove_partials
+
+    lock = None
     try:
         if photos:
-            import logging
-
             from tipim.lightning.photos import PhotoDataModule
-
-            for name in ("lightning.pytorch", "lightning.fabric"):  # a person sees the bar and the summary
-                logging.getLogger(name).setLevel(logging.WARNING)
-            warnings.filterwarnings("ignore", message=".*treespec.*")
 
             cli = _build(photo_args(argv), PhotoDataModule)
         else:
             cli = _build(argv)
+        if _lead_rank():  # one run per folder; what a killed run left half-written goes first
+            lock = RunLock(cli.model.output_dir).acquire()
+            remove_partials(cli.model.output_dir)
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
-    except (KeyError, FileNotFoundError, ValueError) as e:  # bad config or input: say what and how to fix
+    except (KeyError, FileNotFoundError, ValueError, OutputBusyError) as e:  # bad config or input: say what and how to fix
         print(f"tipim protect: error: {e.args[0] if isinstance(e, KeyError) and e.args else e}", file=sys.stderr)
         return 2
+    finally:
+        if lock is not None:
+            lock.release()
     if cli.trainer.is_global_zero:
-        line, failed = (summarise_photos if photos else summarise)(cli.model.output_dir)
+        if photos:
+            line, failed = summarise_photos(cli.model.output_dir, getattr(cli.datamodule, "ignored", []))
+        else:
+            line, failed = summarise(cli.model.output_dir)
         print(line, flush=True)
         return 1 if failed else 0
     return 0
@@ -156,8 +209,9 @@ def _build(argv: list[str] | None, datamodule=ProtectDataModule) -> ProtectCLI:
             "use_distributed_sampler": False,  # ProtectDataModule deals whole batches to ranks
             "logger": False,
             "enable_model_summary": False,
+            "enable_progress_bar": False,  # the module's own bar counts faces or photos, not batches
         },
-        parser_kwargs={"description": "Protect aligned faces with identity masks (TIP-IM and baselines)."},
+        parser_kwargs={"prog": "tipim protect", "description": "Protect aligned faces with identity masks (TIP-IM and baselines)."},
     )
 
 

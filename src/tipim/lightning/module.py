@@ -95,10 +95,10 @@ class ProtectionModule(L.LightningModule):
         self.register_buffer("target_embeddings", torch.empty(0), persistent=False)
 
     def configure_callbacks(self):
-        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter
+        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
 
         dm = self.trainer.datamodule if self._trainer is not None else None
-        writers = dm.output_callbacks() if hasattr(dm, "output_callbacks") else [ProtectedImageWriter(self.output_dir)]
+        writers = dm.output_callbacks() if hasattr(dm, "output_callbacks") else [ProtectedImageWriter(self.output_dir), RunProgress("face")]
         return [*writers, AttackStatsLogger(self.log_images)]
 
     def on_predict_start(self) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -22,47 +21,14 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from tipim.io import IMAGE_SUFFIXES, MAX_PIXELS, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, list_images, load_rgb, read_jsonl
-from tipim.lightning.callbacks import ManifestWriter
+from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
+from tipim.io import MAX_PIXELS, READABLE, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
+from tipim.lightning.callbacks import ManifestWriter, RunProgress
 from tipim.lightning.data import ShardedBatches, load_targets, seeded_subset
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
-
-
-@dataclass
-class PhotoItem:
-    id: str
-    path: str
-
-
-def scan_photos(sources: list[str] | str, root: str | None = None) -> list[PhotoItem]:
-    """Photo files and folders (recursively), or a ``protocol.json`` (the photos its probes
-    were aligned from, found through the aligned root's ``alignment.jsonl``)."""
-    sources = [sources] if isinstance(sources, str) else list(sources)
-    items: dict[str, PhotoItem] = {}
-    for src in map(Path, sources):
-        if src.suffix == ".json":
-            from tipim.evaluation.protocol import load_protocol
-
-            proto = load_protocol(src)
-            base = Path(root or proto["root"])
-            origin = {r["output"]: r["source"] for r in read_jsonl(base / "alignment.jsonl") if r.get("status") == "ok"}
-            for p in proto["probes"]:
-                aligned = str(base / p["path"])
-                if aligned not in origin:
-                    raise FileNotFoundError(f"{aligned} is not in {base / 'alignment.jsonl'}; re-run tipim data align")
-                pid = str(Path(p["path"]).with_suffix(""))
-                items[pid] = PhotoItem(pid, origin[aligned])
-        elif src.is_dir():
-            for f in list_images(src):
-                pid = str(f.relative_to(src).with_suffix(""))
-                items[pid] = PhotoItem(pid, str(f))
-        elif src.is_file() or src.suffix.lower() in IMAGE_SUFFIXES:
-            items[src.stem] = PhotoItem(src.stem, str(src))  # a missing file is reported by the loader
-        else:
-            raise FileNotFoundError(f"{src}: no such file or folder")
-    return sorted(items.values(), key=lambda i: i.id)
+MIN_SIDE = 20  # MTCNN's smallest face: a smaller photo cannot hold one
 
 
 class PhotoFolder(Dataset):
@@ -89,7 +55,13 @@ class PhotoFolder(Dataset):
             photo = load_rgb(item.path, self.max_pixels)
         except ImageReadError as e:
             return row | {"error": str(e), "status": "unreadable"}
-        faces, _ = self.aligner().faces(photo)
+        h, w = photo.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            return row | {"error": f"{item.path}: only {w}x{h} pixels, too small to hold a face; use the original photo", "status": "no_face"}
+        try:
+            faces, _ = self.aligner().faces(photo)
+        except Exception as e:  # a detector failure on one photo never stops the run
+            return row | {"error": f"{item.path}: face detection failed ({type(e).__name__}: {e}); please report this photo", "status": "error"}
         if not faces:
             return row | {"photo": photo, "error": f"{item.path}: {NO_FACE_HINT}", "status": "no_face"}
         crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255.0
@@ -146,18 +118,25 @@ class PhotoDataModule(L.LightningDataModule):
         self.output_format, self.quality, self.keep_metadata, self.max_pixels = output_format, quality, keep_metadata, max_pixels
         self.limit, self.limit_seed = limit, limit_seed
         self.items: list[PhotoItem] = []
+        self.ignored: list[Ignored] = []
         self.target_names: list[str] = []
         self.target_images: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
-        self.items = seeded_subset(scan_photos(self.photos, self.root), self.limit, self.limit_seed)
+        found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
+        self.items = seeded_subset(found, self.limit, self.limit_seed)
         if not self.items:
-            raise ValueError(f"no photos found in {self.photos}")
+            why = describe_ignored(self.ignored)
+            raise ValueError(f"no photos in {' '.join(map(str, self.photos))}" + (f" ({why})" if why else "") + f"; photos must be {READABLE} files")
+        for i in self.ignored[:5]:
+            _say(f"{i.path}: {i.reason}", "not read")
+        if len(self.ignored) > 5:
+            _say(f"{len(self.ignored) - 5} more files (counted in the summary)", "not read")
         self.target_names, self.target_images = load_targets(self.targets, self.root)
 
     def output_callbacks(self) -> list[Callback]:
         """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
-        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata), PhotoProgress()]
+        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata), RunProgress("photo")]
 
     def predict_dataloader(self) -> DataLoader:
         done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
@@ -238,7 +217,7 @@ class ProtectedPhotoWriter(ManifestWriter):
                 faces = [{"box": photo["boxes"][j], "target": pl_module.target_names[int(t[j])],
                           "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
                           "surrogate_success": bool(d_t[j] < d_r[j])} for j in range(n)]
-                rec |= {"output": str(out), "faces": faces, "linf": linf,
+                rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
                         "linf_before_encoding": int(np.abs(protected.astype(np.int16) - src).max()), "status": "ok", "error": None}
             except Exception as e:  # one photo never stops the run
                 out.unlink(missing_ok=True)
@@ -250,36 +229,11 @@ class ProtectedPhotoWriter(ManifestWriter):
                 _say(rec["error"])
 
 
-def _say(message: str) -> None:
+def _say(message: str, what: str = "skipped") -> None:
     """A problem with one photo, printed above the progress bar; the run goes on."""
     from tqdm.auto import tqdm
 
-    tqdm.write(f"skipped: {message}", file=sys.stderr)
+    tqdm.write(f"{what}: {message}", file=sys.stderr)
 
 
-class PhotoProgress(Callback):
-    """A progress bar over photos with faces/s and time left (Lightning's bar counts batches)."""
-
-    def __init__(self):
-        self.bar, self.faces, self.start = None, 0, 0.0
-
-    def on_predict_start(self, trainer, pl_module) -> None:
-        from tqdm.auto import tqdm
-
-        loaders = trainer.predict_dataloaders
-        loader = loaders[0] if isinstance(loaders, (list, tuple)) else loaders
-        total = sum(len(b) for b in loader.batch_sampler.batches) if loader is not None else None
-        self.bar = tqdm(total=total, unit="photo", desc="protecting", file=sys.stderr, disable=trainer.global_rank != 0)
-        self.start = time.perf_counter()
-
-    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.faces += len(batch["id"])
-        rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
-        self.bar.set_postfix_str(f"{self.faces} faces, {rate:.2f} faces/s")
-        self.bar.update(len(batch["photos"]))
-
-    def on_predict_end(self, trainer, pl_module) -> None:
-        self.bar.close()
-
-
-__all__ = ["PhotoDataModule", "PhotoFolder", "PhotoItem", "PhotoProgress", "ProtectedPhotoWriter", "collate_photos", "scan_photos"]
+__all__ = ["PhotoDataModule", "PhotoFolder", "ProtectedPhotoWriter", "collate_photos"]
