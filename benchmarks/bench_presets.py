@@ -1,6 +1,6 @@
 """Seconds per photo for each ``tipim protect --preset`` on this machine: one face, in a 250x250
 photo (an LFW-sized portrait) and in a 1920x1080 photo. Timed around ``trainer.predict`` (detection,
-alignment, attack, paste-back, writing, the round-trip check); the one-off start (imports, model
+alignment, attack, paste-back, writing, the round-trip check, the independent self-check); the one-off start (imports, model
 loading) is reported separately. The baseline row is the same pipeline with one attack step
 (detect, align, paste, write), so the attack's share is visible as a ratio.
 
@@ -36,7 +36,9 @@ def photos(folder: Path) -> dict[str, Path]:
 
 
 def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
-    from tipim.lightning.cli import _build, photo_args
+    from tipim.lightning.cli import _build, _quiet, photo_args
+
+    _quiet()
     from tipim.lightning.photos import PhotoDataModule
 
     t0 = time.perf_counter()
@@ -79,7 +81,7 @@ def main():
     (out / "photo_presets.json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
     lines = [f"# Seconds per photo by preset ({machine})", "",
              "One face per photo (scikit-image's astronaut); timed around trainer.predict: detection, alignment, attack, "
-             "paste-back, writing the PNG and the round-trip check. `start` = building the run once (model loading; Python imports, 5-8 s for the command line, not included). "
+             "paste-back, writing the PNG, the round-trip check and the independent self-check (the face detected again and shown to the zoo models that did not make the mask). `start` = building the run once (model loading; Python imports, 5-8 s for the command line, not included). "
              "Baseline: the same pipeline with a single attack step, measured in the same run.", "",
              "| preset | photo | s/photo | x baseline | start (s) | fooled (surrogate, after paste-back) | max change |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['preset']} | {r['photo']} | {r['seconds']:.2f} | {r['x_baseline']} | {r['start_seconds']:.1f} | "

@@ -25,50 +25,100 @@ def astronaut(size: int = 256) -> Image.Image:
     return Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.BICUBIC)
 
 
-def test_paste_back_keeps_the_bound_and_touches_only_faces():
+def _regions(photo: np.ndarray, faces):
+    """The batch the photo pipeline builds: padded regions, rectangles, a CropView."""
+    from tipim.align.paste import CropView, face_region, region_matrix
+
+    h, w = photo.shape[:2]
+    rects = [face_region(f.matrix, h, w) for f in faces]
+    hh, ww = max(r[3] - r[1] for r in rects), max(r[2] - r[0] for r in rects)
+    x = torch.zeros(len(faces), 3, hh, ww)
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        x[i, :, : y1 - y0, : x1 - x0] = torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).float() / 255
+    m = torch.stack([region_matrix(f.matrix, r[0], r[1]) for f, r in zip(faces, rects)])
+    view = CropView(m, torch.tensor([[r[3] - r[1], r[2] - r[0]] for r in rects]), (hh, ww))
+    return x, rects, view
+
+
+def test_crop_view_shows_the_aligners_crop_of_every_face():
     need_model("mtcnn")
     need_model("demo")
     from tipim.align.aligner import FaceAligner
-    from tipim.align.paste import crop_faces, paste_masks
     from tipim.io import load_rgb
     from tipim.zoo.registry import artifact_path
 
     photo = load_rgb(artifact_path("demo-gdp"))
     faces, _ = FaceAligner(multi="all").faces(photo)
     assert len(faces) >= 3
-    x_r = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces])
-    g = torch.Generator().manual_seed(0)
-    smooth = torch.nn.functional.interpolate(torch.randint(-12, 13, (len(faces), 3, 14, 14), generator=g).float(), size=112, mode="bilinear")
-    x_p = (x_r.float() + smooth.round()).clamp(0, 255).to(torch.uint8)
-    m = torch.tensor([f.matrix for f in faces])
-    out, region = paste_masks(photo, x_r, x_p, m, 12)
-    diff = np.abs(out.astype(int) - photo.astype(int))
-    assert out.shape == photo.shape and out.dtype == np.uint8
-    assert diff.max() <= 12 and diff.max() > 6
-    changed = diff.max(2) > 0
-    assert not changed[~region].any()  # nothing outside the faces' crop footprints
-    boxes = np.zeros_like(region)  # and the footprints stay near the detected faces
-    for f in faces:
-        x0, y0, x1, y1 = f.box
-        w, h = x1 - x0, y1 - y0
-        boxes[max(0, int(y0 - h)) : int(y1 + h), max(0, int(x0 - w)) : int(x1 + w)] = True
-    assert not region[~boxes].any()
-    assert changed.sum() > 0.5 * region.sum()
-    # the mask survives the round trip: re-cropping the photo gives back most of it
-    again = crop_faces(out, m) * 255
-    err = (again - x_p.float()).abs().mean()
-    assert err < 0.5 * (x_r.float() - x_p.float()).abs().mean()
+    x, rects, view = _regions(photo, faces)
+    crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255
+    assert view.s == 1 and float((view(x) - crops).abs().max()) * 255 < 0.51  # the aligner's uint8 crop, up to its rounding
+    with pytest.raises(ValueError, match="faces got a batch"):
+        view(x[:1])
 
 
-def test_paste_back_rejects_mismatched_inputs():
-    from tipim.align.paste import paste_masks
+def test_crop_view_gradient_covers_a_large_face_and_stays_inside_a_small_ones_region():
+    need_model("mtcnn")
+    from tipim.align.aligner import FaceAligner
+
+    aligner = FaceAligner(multi="largest")
+    for size, oversampled in ((1400, True), (160, False)):  # faces of ~480 and ~30 pixels
+        photo = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((size, size), Image.BICUBIC))
+        faces, _ = aligner.faces(photo)
+        x, rects, view = _regions(photo, faces)
+        assert (view.s > 1) == oversampled
+        x.requires_grad_(True)
+        view(x).sum().backward()
+        g = x.grad[0].abs().sum(0)
+        (x0, y0, x1, y1) = rects[0]
+        assert float(g[y1 - y0 :].abs().sum() + g[:, x1 - x0 :].abs().sum()) == 0  # padding never seen
+        # the crop's footprint (its inner half, well inside the rotated square) is fully seen
+        cy, cx, r = (y1 - y0) // 2, (x1 - x0) // 2, (x1 - x0) // 5
+        assert float((g[cy - r : cy + r, cx - r : cx + r] > 0).float().mean()) > 0.99
+
+
+def test_protected_regions_are_what_the_photo_holds_within_the_exact_bound():
+    """Small, large and several faces: the mask is optimised in photo pixels, pasted with the
+    bound exact, and the written photo, cropped as an aligner crops it, is what was optimised."""
+    need_model("mtcnn")
+    need_model("arcface-mbf")
+    from tipim.align.aligner import FaceAligner
+    from tipim.align.paste import crop_faces, paste_regions
+    from tipim.attack import IdentityMaskAttack, MomentumStep, quantise_within
+    from tipim.models import ZooEmbedder
+
+    torch.manual_seed(0)
+    attack = IdentityMaskAttack(ZooEmbedder("arcface-mbf"), MomentumStep(12 / 255, steps=8))
+    t_emb = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
+    small = np.array(astronaut(512).resize((190, 190), Image.BICUBIC))  # a face ~33 px wide
+    big = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((1000, 1000), Image.BICUBIC))  # ~340 px
+    group = np.concatenate([small, small[:, ::-1]], 1).copy()  # two faces
+    for photo, n_faces in ((small, 1), (big, 1), (group, 2)):
+        faces, _ = FaceAligner(multi="all").faces(photo)
+        assert len(faces) == n_faces
+        x, rects, view = _regions(photo, faces)
+        r = attack(x, t_emb, view=view)
+        x_r8, x_p8 = (x * 255).round().to(torch.uint8), quantise_within(r.x_p, x, 12 / 255)
+        out, touched = paste_regions(photo, x_r8, x_p8, rects, 12)
+        d = np.abs(out.astype(int) - photo.astype(int))
+        assert d.max() == 12 and not d.max(2)[~touched].any()
+        m = torch.tensor([f.matrix for f in faces])
+        e_written = attack.embed(crop_faces(out, m))
+        e_optimised = attack.embed(view(x_p8.float() / 255))
+        e_clean = attack.embed(crop_faces(photo, m))
+        assert (e_written * e_optimised).sum(1).min() > 0.97  # what is written is what was optimised
+        assert (e_written * e_clean).sum(1).max() < 0.5  # and it moved the identity
+
+
+def test_paste_regions_rejects_mismatched_inputs():
+    from tipim.align.paste import paste_regions
 
     photo = np.zeros((50, 50, 3), np.uint8)
-    x = torch.zeros(2, 3, 112, 112, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="matrices"):
-        paste_masks(photo, x, x, torch.zeros(1, 2, 3), 12)
+    x = torch.zeros(2, 3, 10, 10, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="boxes"):
+        paste_regions(photo, x, x, [(0, 0, 10, 10)], 12)
     with pytest.raises(ValueError, match="uint8"):
-        paste_masks(photo.astype(np.float32), x, x, torch.zeros(2, 2, 3), 12)
+        paste_regions(photo.astype(np.float32), x, x, [(0, 0, 10, 10)] * 2, 12)
 
 
 def test_posting_transform_is_differentiable_and_bounded():
@@ -234,6 +284,9 @@ def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     assert f"{len(expected)} photos, {n_ok + 2} faces: {n_ok} photos protected, {len(expected) - n_ok} failed" in r.stdout
     assert "3 files not read: 1 a tipim output folder (already protected), 1 hidden file, 1 not a photo (.txt)" in r.stdout
     assert "readme.txt: not a photo (.txt)" in r.stderr
+    checked = rows["plain"]["faces"][0]["independent"]  # models that did not make the mask
+    assert rows["plain"]["check_models"] == [m for m in ("sface", "facenet", "dlib-resnet")] and checked["found"]
+    assert set(checked["models"]) == {"sface", "facenet", "dlib-resnet"} and "independent check (sface, facenet, dlib-resnet): " in r.stdout
 
 
 def test_bad_outputs_and_empty_inputs_stop_early_with_a_clear_message(tmp_path):
@@ -315,3 +368,65 @@ def test_jpeg_output_and_kept_metadata(tmp_path):
     with Image.open(out / row["output"]) as im:
         assert im.format == "JPEG" and im.getexif().get(0x010F) == "CameraMaker"
     assert load_rgb(out / row["output"]).shape == load_rgb(src).shape
+
+
+def test_self_check_tells_a_recognised_face_from_a_changed_one():
+    need_model("mtcnn")
+    need_model("sface")
+    from tipim.align.aligner import FaceAligner
+    from tipim.align.paste import crop_faces
+    from tipim.evaluation.selfcheck import IndependentCheck, describe
+
+    photo = np.array(astronaut(256))
+    faces, _ = FaceAligner(multi="all").faces(photo)
+    m = torch.tensor([f.matrix for f in faces])
+    clean = (crop_faces(photo, m) * 255).round().to(torch.uint8)
+    boxes = [f.box for f in faces]
+    check = IndependentCheck(["sface"])
+    same = check(photo.copy(), clean, boxes)
+    assert same[0]["found"] and same[0]["recognised_by"] == ["sface"] and same[0]["models"]["sface"]["cos"] > 0.9
+    other = photo.copy()  # someone else's face where the face was
+    from tipim.zoo.registry import artifact_path
+    from tipim.io import load_rgb
+
+    team = load_rgb(artifact_path("demo-gdp"))
+    x0, y0, x1, y1 = (int(v) for v in boxes[0])
+    stranger, _ = FaceAligner(multi="largest").faces(team)
+    sx0, sy0, sx1, sy1 = (int(v) for v in stranger[0].box)
+    patch = Image.fromarray(team[sy0:sy1, sx0:sx1]).resize((x1 - x0, y1 - y0))
+    other[y0:y1, x0:x1] = np.asarray(patch)
+    changed = check(other, clean, boxes)
+    assert changed[0]["found"] and changed[0]["recognised_by"] == []
+    gone = check(np.full_like(photo, 128), clean, boxes)
+    assert gone[0] == {"found": False, "recognised_by": [], "models": {}}
+    assert describe(same + changed + gone, ["sface"]) == "independent check (sface): 2/3 faces recognised by none of 1 models, 1 by 1"
+
+
+def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
+    """The benchmark's scoring on a tiny set: a run that writes the clean photos is not
+    protected, one that writes somebody else's photo is, one with no face counts as missing."""
+    need_model("mtcnn")
+    need_model("sface")
+    from tipim.evaluation.field import make_field_set, markdown, score_field
+    from tipim.io import append_jsonl
+    from tipim.models import ZooEmbedder
+
+    field = make_field_set(lfw, tmp_path / "field", probes=3, distractors=8, sizes=(80,), seed=1)
+    people = [p["identity"] for p in field["probes"]]
+    assert len(people) == 3 and all(p["identity"] in {g["identity"] for g in field["gallery"]} for p in field["probes"])
+    photos = tmp_path / "field" / "photos-80"
+    for label, pick in (("clean", lambda i: photos / f"{people[i]}.png"), ("swapped", lambda i: photos / f"{people[(i + 1) % 3]}.png"), ("blank", None)):
+        run = tmp_path / "runs" / f"{label}@80"
+        (run / "images").mkdir(parents=True)
+        for i, p in enumerate(people):
+            img = Image.open(pick(i)) if pick else Image.new("RGB", (100, 100), "grey")
+            img.save(run / "images" / f"{p}.png")
+            append_jsonl(run / "manifest.jsonl", {"id": p, "status": "ok", "output": f"images/{p}.png", "method": label,
+                                                  "surrogates": ["arcface-mbf"], "faces": [{"box": [0, 0, 10, 10]}]})
+    runs = {r.name: r for r in sorted((tmp_path / "runs").iterdir())}
+    rows = score_field(tmp_path / "field", runs, {"sface": ZooEmbedder("sface")}, jpegs=(0,))
+    got = {r["run"]: r for r in rows}
+    assert got["clean"]["protected"] == 0 and got["clean"]["clean_protected"] == 0
+    assert got["swapped"]["protected"] == 1 and got["swapped"]["missing"] == 0
+    assert got["blank"]["protected"] == 1 and got["blank"]["missing"] == 3
+    assert "| swapped | 80 | as written | 100 |" in markdown(rows)

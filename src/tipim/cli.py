@@ -54,7 +54,7 @@ def _models_verify(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        summary = {k: {"accuracy": v["accuracy"], "std": v["std"], "pairs": v["pairs"]} for k, v in results.items()}
+        summary = {k: {"accuracy": v["accuracy"], "std": v["std"], "pairs": v["pairs"], "threshold": v["threshold"]} for k, v in results.items()}
         (out / "lfw_verification.json").write_text(json.dumps(summary, indent=2) + "\n")
         from tipim.zoo.registry import MODELS as cards
 
@@ -63,11 +63,11 @@ def _models_verify(args) -> int:
             "",
             f"Command: `tipim models verify --aligned {args.aligned} --pairs {args.pairs}`",
             "",
-            "| model | accuracy (%) | std (%) | published (%) | pairs |",
-            "|---|---|---|---|---|",
+            "| model | accuracy (%) | std (%) | published (%) | pairs | cosine threshold (all pairs) |",
+            "|---|---|---|---|---|---|",
         ]
         for k, v in results.items():
-            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['std']:.2f} | {cards[k].lfw_published} | {v['pairs']} |")
+            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['std']:.2f} | {cards[k].lfw_published} | {v['pairs']} | {v['threshold']:.4f} |")
         (out / "lfw_verification.md").write_text("\n".join(lines) + "\n")
         print(f"wrote {out / 'lfw_verification.md'} and {out / 'lfw_verification.json'}")
     return 0

@@ -1,65 +1,114 @@
-"""Masks computed on aligned crops, warped back into the photo they came from.
+"""Masks that live in the photo's own pixels.
 
-Each face's mask (protected crop minus original crop, in 8-bit levels) is warped through the
-inverse of its photo->crop matrix into the face's bounding rectangle only; pixels outside every
-face's crop area keep their exact value. A bilinear warp of values in [-eps, eps] stays in
-[-eps, eps], and the final clamp is done on integers, so the written photo obeys the bound.
+Each face is protected over its *region* (the rectangle, clipped to the photo, around the aligned
+crop's footprint). The surrogate sees the region through ``CropView``, a differentiable
+photo-to-crop warp that reproduces the aligner's crop, so the optimised pixels are the written
+pixels at any face size: a 30-px face is not optimised at 112 px and then averaged away, and a
+1000-px face is seen with area averaging so that every pixel of it takes part. ``paste_regions``
+writes the protected regions back with the bound exact in 8-bit photo pixels.
 """
 
 from __future__ import annotations
 
 import math
 
-import kornia.geometry.transform as KT
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from tipim.align.transform import ARCFACE_SIZE, invert_affine
 
 
-def _crop_rect(matrix: torch.Tensor, size: int, h: int, w: int) -> tuple[int, int, int, int]:
-    """Bounding rectangle (x0, y0, x1, y1), clipped to the photo, of the crop's footprint."""
-    inv = invert_affine(matrix.double())
-    corners = torch.tensor([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], dtype=torch.float64)
+def face_region(matrix, h: int, w: int, size: int = ARCFACE_SIZE, margin: int = 2) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), clipped to the photo: the bounding rectangle of the crop's footprint
+    plus ``margin`` photo pixels."""
+    inv = invert_affine(torch.as_tensor(matrix, dtype=torch.float64))
+    corners = torch.tensor([[-0.5, -0.5, 1], [size - 0.5, -0.5, 1], [-0.5, size - 0.5, 1], [size - 0.5, size - 0.5, 1]], dtype=torch.float64)
     pts = corners @ inv.T
-    x0, y0 = (max(0, math.floor(float(v)) - 1) for v in pts.min(0).values)
-    x1, y1 = min(w, math.ceil(float(pts[:, 0].max())) + 2), min(h, math.ceil(float(pts[:, 1].max())) + 2)
-    return x0, y0, x1, y1
+    x0, y0 = (max(0, math.floor(float(v)) - margin) for v in pts.min(0).values)
+    x1, y1 = min(w, math.ceil(float(pts[:, 0].max())) + margin + 1), min(h, math.ceil(float(pts[:, 1].max())) + margin + 1)
+    return x0, y0, max(x1, x0 + 1), max(y1, y0 + 1)
 
 
-def paste_masks(photo: np.ndarray, x_r: torch.Tensor, x_p: torch.Tensor, matrices: torch.Tensor, eps: int) -> tuple[np.ndarray, np.ndarray]:
-    """The protected photo (uint8, same size) and the boolean map of pixels that faces may touch.
+def region_matrix(matrix, x0: int, y0: int) -> torch.Tensor:
+    """The photo->crop matrix re-expressed for pixels of a region whose corner is (x0, y0)."""
+    m = torch.as_tensor(matrix, dtype=torch.float64).clone()
+    m[:, 2] += m[:, :2] @ torch.tensor([float(x0), float(y0)], dtype=torch.float64)
+    return m
+
+
+def photo_pixels_per_crop_pixel(matrix) -> float:
+    m = torch.as_tensor(matrix, dtype=torch.float64)
+    return 1.0 / math.sqrt(abs(float(torch.linalg.det(m[:, :2]))))
+
+
+class CropView(nn.Module):
+    """The aligned crops that surrogates see of faces held as photo regions.
+
+    Sampling is bilinear with coordinates clamped to each face's own region (what the aligner's
+    border padding does on the whole photo), so a region of an unprotected photo gives back the
+    aligner's crop. A face larger than the crop is sampled ``oversample`` x ``oversample`` times
+    per crop pixel and averaged (area resampling): every photo pixel of the face gets a gradient.
 
     Args:
-        photo: (H, W, 3) uint8, the photo the crops were taken from.
-        x_r, x_p: (N, 3, S, S) uint8 original and protected crops.
-        matrices: (N, 2, 3) photo->crop matrices (as returned by ``align_crop``).
-        eps: L-inf bound in 8-bit levels.
+        matrices: (B, 2, 3) region->crop matrices (``region_matrix``).
+        sizes: (B, 2) each region's real (h, w) inside the padded batch tensor.
+        padded: (H, W) of the batch tensor the regions are padded to.
+        size: crop side.
+        max_oversample: cap on the area-resampling factor.
     """
+
+    def __init__(self, matrices: torch.Tensor, sizes: torch.Tensor, padded: tuple[int, int], size: int = ARCFACE_SIZE, max_oversample: int = 8):
+        super().__init__()
+        matrices = torch.as_tensor(matrices, dtype=torch.float64)
+        sizes = torch.as_tensor(sizes, dtype=torch.float64)
+        if matrices.dim() != 3 or matrices.shape[1:] != (2, 3) or sizes.shape != (len(matrices), 2):
+            raise ValueError(f"CropView needs (B, 2, 3) matrices and (B, 2) sizes, got {tuple(matrices.shape)} and {tuple(sizes.shape)}")
+        ratio = max((photo_pixels_per_crop_pixel(m) for m in matrices), default=1.0)
+        self.s = int(min(max_oversample, max(1, math.ceil(ratio - 0.25))))
+        self.size = size
+        n = size * self.s
+        sub = (torch.arange(n, dtype=torch.float64) + 0.5) / self.s - 0.5  # sample centres in crop pixels
+        v, u = torch.meshgrid(sub, sub, indexing="ij")
+        uv1 = torch.stack([u, v, torch.ones_like(u)], -1)  # (n, n, 3)
+        inv = torch.stack([invert_affine(m) for m in matrices])  # crop -> region
+        xy = torch.einsum("hwk,bjk->bhwj", uv1, inv)  # (B, n, n, 2) region pixels
+        hi = torch.stack([sizes[:, 1], sizes[:, 0]], -1)[:, None, None] - 1
+        xy = torch.minimum(xy.clamp_min(0), hi)  # border clamp inside each face's own region
+        h, w = padded
+        grid = torch.stack([2 * xy[..., 0] / max(w - 1, 1) - 1, 2 * xy[..., 1] / max(h - 1, 1) - 1], -1)
+        self.register_buffer("grid", grid.float(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B * n, 3, H, W), n copies of each face in a row (candidate steps) -> crops."""
+        if len(x) % len(self.grid):
+            raise ValueError(f"CropView of {len(self.grid)} faces got a batch of {len(x)}")
+        grid = self.grid.to(x.dtype).repeat_interleave(len(x) // len(self.grid), 0)
+        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        return F.avg_pool2d(out, self.s) if self.s > 1 else out
+
+
+def paste_regions(photo: np.ndarray, regions_r: torch.Tensor, regions_p: torch.Tensor, boxes: list, eps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The protected photo (uint8, same size) and the map of pixels that faces may touch.
+
+    ``regions_r``/``regions_p``: (N, 3, H, W) uint8 original and protected regions, padded;
+    ``boxes``: the N (x0, y0, x1, y1) rectangles they came from. Overlapping faces add their
+    changes; the sum is clamped on integers, so the photo obeys the bound exactly."""
     if photo.ndim != 3 or photo.shape[2] != 3 or photo.dtype != np.uint8:
         raise ValueError(f"photo must be (H, W, 3) uint8, got {photo.shape} {photo.dtype}")
-    if x_r.shape != x_p.shape or x_r.dim() != 4 or len(matrices) != len(x_r):
-        raise ValueError(f"crops {tuple(x_r.shape)} / {tuple(x_p.shape)} and matrices {tuple(matrices.shape)} do not match")
+    if regions_r.shape != regions_p.shape or regions_r.dim() != 4 or len(boxes) != len(regions_r):
+        raise ValueError(f"regions {tuple(regions_r.shape)} / {tuple(regions_p.shape)} and {len(boxes)} boxes do not match")
     h, w = photo.shape[:2]
-    size = x_r.shape[-1]
-    delta = torch.zeros(3, h, w, dtype=torch.float32)
-    region = torch.zeros(h, w, dtype=torch.bool)
-    for r, p, m in zip(x_r.cpu(), x_p.cpu(), torch.as_tensor(matrices, dtype=torch.float32).cpu()):
-        x0, y0, x1, y1 = _crop_rect(m, size, h, w)
-        if x1 <= x0 or y1 <= y0:
-            continue
-        to_rect = invert_affine(m)  # crop -> photo, then into the rectangle's coordinates
-        to_rect[:, 2] -= torch.tensor([x0, y0], dtype=to_rect.dtype)
-        d = (p.float() - r.float())[None]
-        inside = torch.ones(1, 1, size, size)
-        warped = KT.warp_affine(torch.cat([d, inside], 1), to_rect[None], (y1 - y0, x1 - x0), mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-        delta[:, y0:y1, x0:x1] += warped[:3]
-        region[y0:y1, x0:x1] |= warped[3] > 0
-    delta = delta.clamp(-eps, eps) * region  # overlapping faces: the sum is clamped too
-    base = torch.from_numpy(photo).permute(2, 0, 1).float()
-    out = (base + delta).round()
-    out = torch.minimum(torch.maximum(out, base - eps), base + eps).clamp(0, 255)
-    return out.to(torch.uint8).permute(1, 2, 0).numpy(), region.numpy()
+    delta = torch.zeros(3, h, w, dtype=torch.int32)
+    region = np.zeros((h, w), dtype=bool)
+    for r, p, (x0, y0, x1, y1) in zip(regions_r, regions_p, boxes):
+        d = p[:, : y1 - y0, : x1 - x0].int() - r[:, : y1 - y0, : x1 - x0].int()
+        delta[:, y0:y1, x0:x1] += d
+        region[y0:y1, x0:x1] = True
+    base = torch.from_numpy(photo).permute(2, 0, 1).int()
+    out = (base + delta.clamp(-eps, eps)).clamp(0, 255)
+    return out.to(torch.uint8).permute(1, 2, 0).numpy(), region
 
 
 def crop_faces(photo: np.ndarray, matrices: torch.Tensor, size: int = ARCFACE_SIZE) -> torch.Tensor:
@@ -71,4 +120,4 @@ def crop_faces(photo: np.ndarray, matrices: torch.Tensor, size: int = ARCFACE_SI
     return warp_to_template(img.expand(len(m), -1, -1, -1), m, size).clamp(0, 1)
 
 
-__all__ = ["crop_faces", "paste_masks"]
+__all__ = ["CropView", "crop_faces", "face_region", "paste_regions", "photo_pixels_per_crop_pixel", "region_matrix"]

@@ -97,13 +97,18 @@ class IdentityMaskAttack(nn.Module):
         v = torch.autograd.grad(loss, leaf)[0]
         return torch.autograd.grad(n, x, grad_outputs=v, retain_graph=True)[0]
 
-    def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None) -> AttackResult:
-        """``x_r`` (B, 3, 112, 112) in [0, 1]; ``t_emb`` (K, D) normalised target embeddings.
-        ``on_step(t, x, target_index, objective)`` is called after every step (logging, checks)."""
+    def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None, view: nn.Module | None = None) -> AttackResult:
+        """``x_r`` (B, 3, 112, 112) aligned faces in [0, 1], or with ``view`` (e.g.
+        ``tipim.align.CropView``) faces in any pixel space that ``view`` maps differentiably to
+        aligned crops: the mask is optimised, stepped and projected in those pixels.
+        ``t_emb`` (K, D) normalised target embeddings. ``on_step(t, x, target_index, objective)``
+        is called after every step (logging, checks)."""
         steps = self.step.steps if steps is None else steps
+        see = view if view is not None else (lambda v: v)
         x_r = x_r.detach()
         with torch.no_grad():
-            n_r = self.embed(x_r)
+            c_r = see(x_r)
+            n_r = self.embed(c_r)
         idx = self.selector.initial(n_r, t_emb, self.metric)
         changes = torch.zeros_like(idx)
         x = x_r.clone()
@@ -115,16 +120,17 @@ class IdentityMaskAttack(nn.Module):
         with torch.enable_grad():
             for t in range(steps):
                 x = x.detach().requires_grad_(True)
-                xin = self.transform(x) if self.transform is not None else x
+                c = see(x)
+                xin = self.transform(c) if self.transform is not None else c
                 n = self.embed(xin)
-                nat = self.naturalness(x, x_r) if self.naturalness is not None and self.naturalness.gamma > 0 else None
+                nat = self.naturalness(c, c_r) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 nat_grad = torch.autograd.grad(nat, x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
                     grads = self._identity_grads(x, n, n_r, t_emb, None) + (nat_grad[:, None] if nat is not None else 0.0)
                     g_c = self.step.accumulate(g[:, None], grads)
                     x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
                     with torch.no_grad():
-                        e_c = self.embed(x_c.flatten(0, 1)).view(len(x), len(t_emb), -1)
+                        e_c = self.embed(see(x_c.flatten(0, 1))).view(len(x), len(t_emb), -1)
                         d_r = identity_distance(e_c, n_r[:, None], self.metric)
                         d_t = identity_distance(e_c[:, :, None], t_emb[None, None], self.metric)
                         new = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
@@ -144,7 +150,7 @@ class IdentityMaskAttack(nn.Module):
                     on_step(t, x.detach(), idx, history[-1])
         x = x.detach()
         with torch.no_grad():
-            e = self.embed(x)
+            e = self.embed(see(x))
             d_t_all = identity_distance(e[:, None], t_emb[None], self.metric)
             d_t, nearest = d_t_all.min(1)
             d_r = identity_distance(e, n_r, self.metric)

@@ -106,7 +106,8 @@ def verify_lfw(model: torch.nn.Module, aligned_root: str | Path, pairs_txt: str 
     same = np.array([p.same for p in pairs])
     folds = np.array([p.fold for p in pairs])
     mean, std, accs = kfold_accuracy(scores, same, folds)
-    return dict(accuracy=mean, std=std, pairs=len(pairs), folds=accs)
+    # one threshold from all pairs: what a service would use to say "same person" (the self-check's)
+    return dict(accuracy=mean, std=std, pairs=len(pairs), folds=accs, threshold=best_threshold(scores, same))
 
 
 __all__ = ["Pair", "best_threshold", "embed_files", "kfold_accuracy", "read_pairs", "verify_lfw"]

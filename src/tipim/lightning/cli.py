@@ -61,13 +61,18 @@ def summarise_photos(output_dir: str | Path, ignored: list | None = None) -> tup
     mask = max((r["linf_before_encoding"] for r in ok), default=0)
     decoded = max((r["linf"] for r in ok), default=0)
     codec = f" (the lossy codec adds its own error: up to {decoded}/255 in the decoded file)" if decoded > mask else ""
+    from tipim.evaluation.selfcheck import describe
     from tipim.inputs import describe_ignored
 
     skipped = describe_ignored(ignored or [])
+    checked = [f["independent"] for r in ok for f in r["faces"] if "independent" in f]
+    models = next((r["check_models"] for r in ok if r.get("check_models")), [])
     out = Path(output_dir)
     parts = [f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}", skipped]
     if faces:
-        parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate; max pixel change {mask}/255{codec}")
+        parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate")
+        parts.append(describe(checked, models))
+        parts.append(f"max pixel change {mask}/255{codec}")
     line = "; ".join(p for p in parts if p) + f". Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
     return line, len(failed)
 
@@ -111,6 +116,8 @@ def photo_parser():
     ap.add_argument("--keep-metadata", action="store_true", help="keep the source EXIF, location included (removed by default)")
     ap.add_argument("--targets", default=None, help="folder of aligned target faces (default: the packaged team photo's 10 faces)")
     ap.add_argument("--faces", choices=["all", "largest", "center"], default="all", help="which faces of a photo to protect (default: all)")
+    ap.add_argument("--check", default="auto", help="after writing, models that did not make the mask say whether they still "
+                    "recognise each face: auto (every fetched zoo model not used, default), none, or names (a,b)")
     return ap
 
 
@@ -128,7 +135,7 @@ def photo_args(argv: list[str]) -> list[str]:
         args.targets = str(default_targets())
     out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
-           "--data.multi", args.faces, "--model.transform", json.dumps(transform), "--seed_everything", "0"]
+           "--data.multi", args.faces, "--data.check", args.check, "--model.transform", json.dumps(transform), "--seed_everything", "0"]
     method = f"tipim-{args.preset}" + ("-robust" if robust and args.preset != "strong" else "")
     for k, v in (preset | {"method": method}).items():
         out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]

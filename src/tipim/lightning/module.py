@@ -115,10 +115,15 @@ class ProtectionModule(L.LightningModule):
         if not ok.any():
             return out
         x_r = batch["image"][ok.to(batch["image"].device)]
+        view = None
+        if "view_matrices" in batch:  # photo regions: the surrogate sees them through their crops
+            from tipim.align.paste import CropView
+
+            view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok], tuple(x_r.shape[-2:])).to(x_r.device)
         torch.manual_seed(batch_seed(self.seed, batch["id"]))
         start = time.perf_counter()
         with torch.enable_grad():
-            r = self.attack(x_r, self.target_embeddings)
+            r = self.attack(x_r, self.target_embeddings, view=view)
         out.update(
             x_r=(x_r * 255).round().to(torch.uint8).cpu(),
             # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding

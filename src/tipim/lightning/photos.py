@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from tipim.align.paste import face_region, region_matrix
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
 from tipim.io import MAX_PIXELS, READABLE, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 from tipim.lightning.callbacks import ManifestWriter, RunProgress
@@ -50,7 +51,8 @@ class PhotoFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        row = {"id": item.id, "source": item.path, "photo": None, "crops": torch.zeros(0, 3, 112, 112), "matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
+        row = {"id": item.id, "source": item.path, "photo": None, "regions": [], "rects": [], "matrices": torch.zeros(0, 2, 3),
+               "region_matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
         try:
             photo = load_rgb(item.path, self.max_pixels)
         except ImageReadError as e:
@@ -64,17 +66,29 @@ class PhotoFolder(Dataset):
             return row | {"error": f"{item.path}: face detection failed ({type(e).__name__}: {e}); please report this photo", "status": "error"}
         if not faces:
             return row | {"photo": photo, "error": f"{item.path}: {NO_FACE_HINT}", "status": "no_face"}
-        crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255.0
-        return row | {"photo": photo, "crops": crops, "matrices": torch.tensor([f.matrix for f in faces]), "boxes": [[round(v, 1) for v in f.box] for f in faces]}
+        rects = [face_region(f.matrix, h, w) for f in faces]
+        regions = [torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).contiguous() for x0, y0, x1, y1 in rects]
+        return row | {"photo": photo, "regions": regions, "rects": rects, "matrices": torch.tensor([f.matrix for f in faces]),
+                      "region_matrices": torch.stack([region_matrix(f.matrix, r[0], r[1]) for f, r in zip(faces, rects)]).float(),
+                      "boxes": [[round(v, 1) for v in f.box] for f in faces]}
 
 
 def collate_photos(rows: list[dict]) -> dict:
-    """Flatten the photos' faces into one batch of crops (ids ``photo#k``); keep the photos."""
-    ids, sources = [], []
+    """The faces of a batch of photos as one batch of photo regions (ids ``photo#k``), padded to
+    the largest; ``view_matrices``/``view_sizes`` let ``CropView`` show each as its aligned crop."""
+    ids, sources, regions = [], [], []
     for r in rows:
-        ids += [f"{r['id']}#{k}" for k in range(len(r["crops"]))]
-        sources += [r["source"]] * len(r["crops"])
-    return {"id": ids, "source": sources, "error": [""] * len(ids), "image": torch.cat([r["crops"] for r in rows]), "photos": rows}
+        ids += [f"{r['id']}#{k}" for k in range(len(r["regions"]))]
+        sources += [r["source"]] * len(r["regions"])
+        regions += r["regions"]
+    h = max((x.shape[1] for x in regions), default=112)
+    w = max((x.shape[2] for x in regions), default=112)
+    image = torch.zeros(len(regions), 3, h, w)
+    for i, x in enumerate(regions):
+        image[i, :, : x.shape[1], : x.shape[2]] = x.float() / 255.0
+    return {"id": ids, "source": sources, "error": [""] * len(ids), "image": image, "photos": rows,
+            "view_matrices": torch.cat([r["region_matrices"] for r in rows]),
+            "view_sizes": torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2)}
 
 
 class PhotoDataModule(L.LightningDataModule):
@@ -92,6 +106,8 @@ class PhotoDataModule(L.LightningDataModule):
         keep_metadata: keep the source's EXIF (location included); off by default.
         root: where a protocol's relative paths start.
         max_pixels: larger photos are refused with a message.
+        check: after writing, re-detect each face and ask zoo models that did not make its mask
+            whether they still recognise it: ``auto`` (every fetched one), ``none``, or names.
     """
 
     def __init__(
@@ -109,6 +125,7 @@ class PhotoDataModule(L.LightningDataModule):
         max_pixels: int = MAX_PIXELS,
         limit: int | None = None,
         limit_seed: int = 0,
+        check: str | list[str] = "auto",
     ):
         super().__init__()
         if output_format not in FORMATS:
@@ -116,7 +133,7 @@ class PhotoDataModule(L.LightningDataModule):
         self.photos, self.targets, self.output_dir, self.root = photos, targets, output_dir, root
         self.batch_size, self.num_workers, self.multi = batch_size, num_workers, multi
         self.output_format, self.quality, self.keep_metadata, self.max_pixels = output_format, quality, keep_metadata, max_pixels
-        self.limit, self.limit_seed = limit, limit_seed
+        self.limit, self.limit_seed, self.check = limit, limit_seed, check
         self.items: list[PhotoItem] = []
         self.ignored: list[Ignored] = []
         self.target_names: list[str] = []
@@ -136,7 +153,7 @@ class PhotoDataModule(L.LightningDataModule):
 
     def output_callbacks(self) -> list[Callback]:
         """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
-        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata), RunProgress("photo")]
+        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check), RunProgress("photo")]
 
     def predict_dataloader(self) -> DataLoader:
         done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
@@ -161,33 +178,42 @@ class ProtectedPhotoWriter(ManifestWriter):
     manifest line per photo. ``linf`` is measured on the written file (PNG, lossless WebP: the
     bound holds exactly; JPEG/lossy WebP: the codec's own error is added on top, and
     ``linf_before_encoding`` is the bound that holds). ``faces[k].surrogate_success`` is
-    measured on the written photo re-cropped with the same alignment."""
+    measured on the written photo re-cropped with the same alignment; ``faces[k].independent``
+    by models that did not make the mask, on the face detected again in the written file."""
 
-    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False):
+    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False, check: str | list[str] = "auto"):
         super().__init__(output_dir)
-        self.output_format, self.quality, self.keep_metadata = output_format, quality, keep_metadata
+        self.output_format, self.quality, self.keep_metadata, self.check = output_format, quality, keep_metadata, check
+        self.checker = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from tipim.evaluation.selfcheck import IndependentCheck, independent_models
+
+        names = independent_models(pl_module.surrogate_names, self.check)
+        self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     @torch.no_grad()
-    def _check(self, pl_module, protected: np.ndarray, x_r: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _check(self, pl_module, protected: np.ndarray, original: np.ndarray, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Surrogate distances of the written faces, cropped as the aligner crops them."""
         from tipim.align.paste import crop_faces
         from tipim.attack import identity_distance
 
         att = pl_module.attack
         dev = pl_module.target_embeddings.device
         e_p = att.embed(crop_faces(protected, matrices).to(dev))
-        e_r = att.embed(x_r.float().div(255).to(dev))
+        e_r = att.embed(crop_faces(original, matrices).to(dev))
         d_r = identity_distance(e_p, e_r, att.metric)
         d_all = identity_distance(e_p[:, None], pl_module.target_embeddings[None], att.metric)
         d_t, t = d_all.min(1)
         return d_r.cpu(), d_t.cpu(), t.cpu()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        from tipim.align.paste import paste_masks
+        from tipim.align.paste import paste_regions
 
         eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
         k = 0
         for photo in prediction["photos"]:
-            n = len(photo["crops"])
+            n = len(photo["regions"])
             sl = slice(k, k + n)
             k += n
             rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
@@ -204,7 +230,7 @@ class ProtectedPhotoWriter(ManifestWriter):
                 if eps is None:
                     raise ValueError("photos need an L-inf bound (norm: linf)")
                 x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"].cpu()  # Lightning moved the batch
-                protected, _ = paste_masks(photo["photo"], x_r, x_p, m, eps)
+                protected, _ = paste_regions(photo["photo"], x_r, x_p, photo["rects"], eps)
                 exif = _exif_kept(photo["source"]) if self.keep_metadata else None
                 atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
                 src = photo["photo"].astype(np.int16)
@@ -213,10 +239,17 @@ class ProtectedPhotoWriter(ManifestWriter):
                 lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
                 if lossless and linf > eps:
                     raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
-                d_r, d_t, t = self._check(pl_module, written.astype(np.uint8), x_r, m)
-                faces = [{"box": photo["boxes"][j], "target": pl_module.target_names[int(t[j])],
+                d_r, d_t, t = self._check(pl_module, written.astype(np.uint8), photo["photo"], m)
+                faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
                           "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
                           "surrogate_success": bool(d_t[j] < d_r[j])} for j in range(n)]
+                if self.checker is not None:
+                    from tipim.align.paste import crop_faces
+
+                    clean = (crop_faces(photo["photo"], m) * 255).round().to(torch.uint8)
+                    for face, verdict in zip(faces, self.checker(written.astype(np.uint8), clean, photo["boxes"])):
+                        face["independent"] = verdict
+                    rec["check_models"] = self.checker.names
                 rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
                         "linf_before_encoding": int(np.abs(protected.astype(np.int16) - src).max()), "status": "ok", "error": None}
             except Exception as e:  # one photo never stops the run
