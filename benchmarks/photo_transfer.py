@@ -1,0 +1,60 @@
+"""Protection on ordinary photos, against recognisers the mask never met (issue 11's benchmark).
+
+    python benchmarks/photo_transfer.py prepare --lfw ../shared/data/lfw --out runs/field --probes 40
+    tipim protect runs/field/photos-55 --out runs/field/runs/balanced@55            # any tipim version, any preset
+    python benchmarks/photo_transfer.py score --field runs/field --runs runs/field/runs/*@* \
+        --surrogates balanced=arcface-mbf --out results/photo_transfer
+
+A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars its white-box cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--lfw", default="../shared/data/lfw")
+    p.add_argument("--out", default="runs/field")
+    p.add_argument("--probes", type=int, default=40)
+    p.add_argument("--distractors", type=int, default=400)
+    p.add_argument("--sizes", type=int, nargs="+", default=[40, 55, 110])
+    p.add_argument("--seed", type=int, default=0)
+    s = sub.add_parser("score")
+    s.add_argument("--field", default="runs/field")
+    s.add_argument("--runs", nargs="+", required=True)
+    s.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
+    s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
+    s.add_argument("--out", required=True)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    from tipim.evaluation.field import make_field_set, markdown, score_field
+
+    if a.cmd == "prepare":
+        f = make_field_set(a.lfw, a.out, a.probes, a.distractors, a.sizes, a.seed)
+        print(f"{a.out}: {len(f['probes'])} people at face sizes {a.sizes}; gallery of {len(f['gallery'])} photos")
+        return
+    from tipim.models import ZooEmbedder
+
+    models = {m: ZooEmbedder(m) for m in a.models}
+    runs = {Path(r).name: r for r in a.runs}
+    rows = score_field(a.field, runs, models, a.jpeg)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
+    table = markdown(rows, white)
+    (out / "results.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,177 @@
+"""Protection as a user meets it: ordinary photos with faces of a chosen size, protected as whole
+photos, then seen through an attacker's pipeline (re-encoded, re-detected, re-aligned) by each
+recogniser, and ranked against the person's own other photos among many other faces.
+
+``make_field_set`` draws the people and writes their probe photos, downscaled so that faces are
+about ``size`` pixels wide; ``score_field`` says, per run, face size, re-encoding and model, how
+often the person is *not* the Rank-1 identity (the untargeted protection rate), next to the
+same rate for the unprotected photos (the clean baseline, near 0 for a working recogniser).
+A face the attacker's detector cannot find counts as protected and is reported separately.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from tipim.io import encode_image, load_rgb, read_jsonl, save_png
+
+
+def make_field_set(lfw: str | Path, out: str | Path, probes: int = 50, distractors: int = 500, sizes=(40, 55, 110), seed: int = 0, gallery_per_person: int = 5) -> dict:
+    """People with >= 3 photos: the first is the probe (written at each face size), up to
+    ``gallery_per_person`` others go to the gallery; ``distractors`` other people add one photo
+    each. Writes ``<out>/photos-<size>/<person>.png`` and ``<out>/field.json``."""
+    from tipim.align.aligner import FaceAligner
+
+    lfw, out = Path(lfw), Path(out)
+    people = sorted(p.name for p in lfw.iterdir() if p.is_dir())
+    rng = random.Random(seed)
+    many = [p for p in people if len(list((lfw / p).glob("*.jpg"))) >= 3]
+    chosen = sorted(rng.sample(many, probes))
+    others = sorted(rng.sample([p for p in people if p not in set(chosen)], distractors))
+    aligner = FaceAligner(multi="center")
+    field = {"seed": seed, "lfw": str(lfw), "sizes": list(sizes), "probes": [], "gallery": []}
+    for person in chosen:
+        files = sorted((lfw / person).glob("*.jpg"))
+        photo = load_rgb(files[0])
+        faces, _ = aligner.faces(photo)
+        if not faces:
+            continue
+        width = faces[0].box[2] - faces[0].box[0]
+        for size in sizes:
+            f = size / width
+            img = Image.fromarray(photo).resize((max(1, round(photo.shape[1] * f)), max(1, round(photo.shape[0] * f))), Image.LANCZOS)
+            save_png(out / f"photos-{size}" / f"{person}.png", np.asarray(img))
+        field["probes"].append({"identity": person, "source": str(files[0]), "face_width": round(width, 1)})
+        field["gallery"] += [{"identity": person, "path": str(p)} for p in files[1 : 1 + gallery_per_person]]
+    for person in others:
+        field["gallery"].append({"identity": person, "path": str(sorted((lfw / person).glob("*.jpg"))[0])})
+    (out / "field.json").write_text(json.dumps(field, indent=1) + "\n")
+    return field
+
+
+def _gallery(field: dict, model, name: str, cache: Path, aligner) -> tuple[torch.Tensor, list[str]]:
+    """Gallery embeddings of one model (cached), from crops aligned once for every model."""
+    path = cache / f"gallery-{name}.pt"
+    if not path.is_file():
+        crops_path = cache / "gallery-crops.pt"
+        if crops_path.is_file():
+            saved = torch.load(crops_path, weights_only=True)
+        else:
+            crops, ids = [], []
+            for g in field["gallery"]:
+                faces, _ = aligner.faces(load_rgb(g["path"]))
+                if faces:
+                    crops.append(torch.from_numpy(faces[0].crop).permute(2, 0, 1))
+                    ids.append(g["identity"])
+            saved = {"crops": torch.stack(crops), "ids": ids}
+            torch.save(saved, crops_path)
+        torch.save({"emb": _embed(model, saved["crops"]), "ids": saved["ids"]}, path)
+    saved = torch.load(path, weights_only=True)
+    return saved["emb"], saved["ids"]
+
+
+@torch.no_grad()
+def _embed(model, crops_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    out = [F.normalize(model(crops_u8[i : i + batch].float() / 255), dim=-1) for i in range(0, len(crops_u8), batch)]
+    return torch.cat(out)
+
+
+def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner) -> list[torch.Tensor | None]:
+    """What a recognition service crops from each posted photo: re-encoded at JPEG ``jpeg`` (0:
+    as written), the face nearest the centre detected and aligned again (None: no face found)."""
+    out = []
+    for img in photos:
+        if jpeg:
+            img = np.array(Image.open(io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
+        faces, _ = aligner.faces(img)
+        out.append(torch.from_numpy(faces[0].crop).permute(2, 0, 1) if faces else None)
+    return out
+
+
+def rank1_protected(probe: torch.Tensor, identity: str, gallery: torch.Tensor, ids: list[str]) -> bool:
+    """True when the gallery image most similar to ``probe`` is someone else."""
+    return ids[int((gallery @ probe).argmax())] != identity
+
+
+def face_psnr(a: np.ndarray, b: np.ndarray, box) -> float:
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(0, x0), max(0, y0)
+    d = (a[y0:y1, x0:x1].astype(np.float64) - b[y0:y1, x0:x1].astype(np.float64)) ** 2
+    mse = float(d.mean()) if d.size else 0.0
+    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75)) -> list[dict]:
+    """``runs``: label -> photo run folder made from ``photos-<size>`` (label ``name@size``).
+    One row per (run, jpeg, model): protection rate, the clean rate on the same photos, missing
+    faces, and the mean PSNR over the protected face boxes."""
+    from tipim.align.aligner import FaceAligner
+    from tipim.evaluation.evaluate import read_run
+
+    field_dir = Path(field_dir)
+    field = json.loads((field_dir / "field.json").read_text())
+    aligner = FaceAligner(multi="center")
+    galleries = {m: _gallery(field, model, m, field_dir, aligner) for m, model in models.items()}
+    rows = []
+    for label, run in runs.items():
+        size = int(label.rsplit("@", 1)[1])
+        _, ok = read_run(run)
+        tried = {r["id"] for r in read_jsonl(Path(run) / "manifest.jsonl")}  # a run may cover a subset
+        people = [p["identity"] for p in field["probes"] if p["identity"] in tried]
+        clean_photos = [load_rgb(field_dir / f"photos-{size}" / f"{p}.png") for p in people]
+        written, psnr = [], []
+        for p, clean in zip(people, clean_photos):
+            r = ok.get(p)
+            if r is None:  # not protected: the user would post the photo as it is
+                written.append(clean)
+                continue
+            img = load_rgb(r["output"])
+            written.append(img)
+            psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
+        for q in jpegs:
+            seen = attacker_crops(written, q, aligner)
+            seen_clean = attacker_crops(clean_photos, q, aligner)
+            for m, model in models.items():
+                g, ids = galleries[m]
+                found = [(p, c) for p, c in zip(people, seen) if c is not None]
+                emb = _embed(model, torch.stack([c for _, c in found])) if found else torch.zeros(0)
+                prot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(found, emb)]
+                cfound = [(p, c) for p, c in zip(people, seen_clean) if c is not None]
+                cemb = _embed(model, torch.stack([c for _, c in cfound])) if cfound else torch.zeros(0)
+                cprot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(cfound, cemb)]
+                n, missing = len(people), len(people) - len(found)
+                rows.append({
+                    "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, "model": m, "n": n,
+                    "protected": (sum(prot) + missing) / n, "missing": missing,
+                    "clean_protected": (sum(cprot) + n - len(cfound)) / n,
+                    "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
+                })
+    return rows
+
+
+def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> str:
+    """Protection rate (%) per run, face size and re-encoding (rows) and model (columns);
+    ``held_out``: run -> its surrogates, whose cells are starred (white box)."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = ["| run | face px | JPEG | " + " | ".join(models) + " | clean (" + ", ".join(models) + ") | face PSNR |",
+             "|---|---|---|" + "---|" * len(models) + "---|---|"]
+    keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"]) for r in rows))
+    for run, px, q in keys:
+        cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"]) == (run, px, q)}
+        star = lambda m: "*" if held_out and m in held_out.get(run, []) else ""  # noqa: E731
+        vals = " | ".join(f"{100 * cells[m]['protected']:.0f}{star(m)}" for m in models)
+        clean = ", ".join(f"{100 * cells[m]['clean_protected']:.0f}" for m in models)
+        psnr = next(iter(cells.values()))["face_psnr"]
+        lines.append(f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | {psnr:.1f} |" if psnr else f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | - |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["attacker_crops", "face_psnr", "make_field_set", "markdown", "rank1_protected", "score_field"]
