@@ -4,6 +4,7 @@
     tipim protect runs/field/photos-55 --out runs/field/runs/balanced@55            # any tipim version, any preset
     python benchmarks/photo_transfer.py score --field runs/field --runs runs/field/runs/*@* \
         --surrogates balanced=arcface-mbf --out results/photo_transfer
+    python benchmarks/photo_transfer.py table SCORED_FOLDER... --out results/photo_transfer   # merge
 
 A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars its white-box cells.
 """
@@ -34,6 +35,10 @@ def main() -> None:
     s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
     s.add_argument("--out", required=True)
+    t = sub.add_parser("table", help="one table from several score folders (rows as scored)")
+    t.add_argument("folders", nargs="+")
+    t.add_argument("--surrogates", nargs="*", default=[])
+    t.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(2)
     from tipim.evaluation.field import make_field_set, markdown, score_field
@@ -42,11 +47,14 @@ def main() -> None:
         f = make_field_set(a.lfw, a.out, a.probes, a.distractors, a.sizes, a.seed)
         print(f"{a.out}: {len(f['probes'])} people at face sizes {a.sizes}; gallery of {len(f['gallery'])} photos")
         return
-    from tipim.models import ZooEmbedder
+    if a.cmd == "table":
+        rows = [r for f in a.folders for r in json.loads((Path(f) / "results.json").read_text())]
+    else:
+        from tipim.models import ZooEmbedder
 
-    models = {m: ZooEmbedder(m) for m in a.models}
-    runs = {Path(r).name: r for r in a.runs}
-    rows = score_field(a.field, runs, models, a.jpeg)
+        models = {m: ZooEmbedder(m) for m in a.models}
+        runs = {Path(r).name: r for r in a.runs}
+        rows = score_field(a.field, runs, models, a.jpeg)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")

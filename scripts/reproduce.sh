@@ -59,7 +59,7 @@ for stage in $STAGES; do
       evaluate gamma "TIP-IM, gamma sweep (Table 5 layout; the tipim row is gamma 1)" "$RUNS"/tipim-gamma0 "$RUNS"/tipim "$RUNS"/tipim-gamma{2,3} ;;
     photos)  # whole LFW photos (issue 5): plain and robust masks, seen through an attacker's pipeline
       for name in tipim-photo tipim-photo-robust; do
-        flags=(); [ "$name" = tipim-photo-robust ] && flags=(--robust)
+        flags=(--no-robust); [ "$name" = tipim-photo-robust ] && flags=(--robust)
         echo "$BIN/tipim protect $PROTOCOL ... ${flags[*]} -> $RUNS/$name" >> "$OUT/commands.txt"
         $BIN/tipim protect "$PROTOCOL" --out "$RUNS/$name" --targets "$PROTOCOL" --preset balanced --faces center \
           --data.root "$ALIGNED" --data.batch_size 8 --model.method "$name" "${limit[@]}" \

@@ -82,7 +82,7 @@ AFFINE = {"class_path": "tipim.attack.RandomAffine"}
 PRESETS = {  # for people who do not know the method; timings in benchmarks/results/photo_presets.md
     "fast": TIPIM | {"steps": 20, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 5}}},
     "balanced": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 2}}},
-    "strong": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf", "sface"], "selector": {"class_path": "tipim.attack.GreedyInsertion"}, "robust": True},
+    "strong": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf", "sface"], "selector": {"class_path": "tipim.attack.GreedyInsertion"}},
 }
 
 
@@ -97,7 +97,8 @@ def photo_parser():
             "presets (seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
             "  fast      arcface-mbf, 20 steps, greedy target choice every 5th step\n"
             "  balanced  arcface-mbf, 50 steps, greedy choice every 2nd step (default)\n"
-            "  strong    arcface-mbf + sface ensemble, 50 steps, robust to re-compression\n\n"
+            "  strong    arcface-mbf + sface ensemble, 50 steps\n"
+            "every preset optimises through re-encoding (--robust) unless --no-robust\n\n"
             "examples:\n"
             "  tipim protect me.jpg                        -> protected/images/me.png\n"
             "  tipim protect holiday/ --out safe/ --preset fast --format jpeg --quality 90\n\n"
@@ -110,7 +111,9 @@ def photo_parser():
     ap.add_argument("photos", nargs="+", help="photo files and/or folders (searched recursively)")
     ap.add_argument("--out", default="protected", help="run folder: images/, manifest.jsonl, config.yaml (default: protected)")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="balanced", help="fast / balanced (default) / strong, see below")
-    ap.add_argument("--robust", action="store_true", help="optimise through JPEG, resizing and shifts (survives re-compression)")
+    ap.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
+                    help="optimise through JPEG, resizing and shifts, as platforms re-encode photos (default; measured in "
+                    "results/photo_transfer: more protection after JPEG 75, about the same as written); --no-robust turns it off")
     ap.add_argument("--format", choices=["png", "jpeg", "webp"], default="png", help="output format (png: lossless, default)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; WebP 100 = lossless)")
     ap.add_argument("--keep-metadata", action="store_true", help="keep the source EXIF, location included (removed by default)")
@@ -127,7 +130,7 @@ def photo_args(argv: list[str]) -> list[str]:
 
     args, rest = photo_parser().parse_known_args(argv)
     preset = dict(PRESETS[args.preset])
-    robust = preset.pop("robust", False) or args.robust
+    robust = args.robust
     transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if robust else AFFINE
     if args.targets is None:
         from tipim.demo import default_targets
@@ -136,7 +139,7 @@ def photo_args(argv: list[str]) -> list[str]:
     out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
            "--data.multi", args.faces, "--data.check", args.check, "--model.transform", json.dumps(transform), "--seed_everything", "0"]
-    method = f"tipim-{args.preset}" + ("-robust" if robust and args.preset != "strong" else "")
+    method = f"tipim-{args.preset}" + ("" if robust else "-plain")
     for k, v in (preset | {"method": method}).items():
         out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
     return out + rest
