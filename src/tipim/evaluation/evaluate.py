@@ -72,6 +72,21 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     return {"method": first["method"], "surrogates": first["surrogates"], "run": str(run_dir)}, ok
 
 
+def attacker_sees(photo: np.ndarray, jpeg: int, aligner):
+    """What a recognition service takes from a posted photo: re-encoded at JPEG ``jpeg`` (0: as
+    written), the first face the aligner keeps (``multi='center'``: nearest the centre), or None."""
+    import io as _io
+
+    from PIL import Image
+
+    from tipim.io import encode_image
+
+    if jpeg:
+        photo = np.array(Image.open(_io.BytesIO(encode_image(photo, "jpeg", jpeg))).convert("RGB"))
+    faces, _ = aligner.faces(photo)
+    return faces[0] if faces else None
+
+
 def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
     """What a face-recognition service sees of a photo run: each protected photo re-encoded
     (JPEG ``jpeg``; 0 = as written), detected and aligned again by the evaluator's own detector
@@ -79,11 +94,7 @@ def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
     ``evaluate_runs`` ranks like any other. Photos where no face is found are recorded as
     ``no_face`` and count as missing probes. PSNR/SSIM/MMD of the derived run are measured on
     the full photos as written (``quality.json``), not on the re-detected crops."""
-    import io as _io
-
-    from PIL import Image
-
-    from tipim.io import append_jsonl, encode_image, load_rgb, read_jsonl, save_png
+    from tipim.io import append_jsonl, load_rgb, read_jsonl, save_png
 
     info, ok = read_run(run_dir)
     view = Path(run_dir) / f"attacker-jpeg{jpeg}"
@@ -96,14 +107,11 @@ def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
     for pid, r in ok.items():
         if pid in done:
             continue
-        img = load_rgb(r["output"])
-        if jpeg:
-            img = np.array(Image.open(_io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
-        faces, _ = aligner.faces(img)
+        face = attacker_sees(load_rgb(r["output"]), jpeg, aligner)
         rec = {"id": pid, "source": r["output"], "method": label, "surrogates": info["surrogates"], "jpeg": jpeg}
-        if faces:
+        if face is not None:
             out = view / "images" / f"{pid}.png"
-            save_png(out, faces[0].crop)
+            save_png(out, face.crop)
             rec |= {"output": str(out.relative_to(view)), "status": "ok"}
         else:
             rec |= {"output": None, "status": "no_face"}

@@ -11,17 +11,16 @@ A face the attacker's detector cannot find counts as protected and is reported s
 
 from __future__ import annotations
 
-import io
 import json
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from tipim.io import encode_image, load_rgb, read_jsonl, save_png
+from tipim.evaluation.verification import embed_crops
+from tipim.io import load_rgb, read_jsonl, save_png
 
 
 def make_field_set(lfw: str | Path, out: str | Path, probes: int = 50, distractors: int = 500, sizes=(40, 55, 110), seed: int = 0, gallery_per_person: int = 5) -> dict:
@@ -73,27 +72,17 @@ def _gallery(field: dict, model, name: str, cache: Path, aligner) -> tuple[torch
                     ids.append(g["identity"])
             saved = {"crops": torch.stack(crops), "ids": ids}
             torch.save(saved, crops_path)
-        torch.save({"emb": _embed(model, saved["crops"]), "ids": saved["ids"]}, path)
+        torch.save({"emb": embed_crops(model, saved["crops"]), "ids": saved["ids"]}, path)
     saved = torch.load(path, weights_only=True)
     return saved["emb"], saved["ids"]
 
 
-@torch.no_grad()
-def _embed(model, crops_u8: torch.Tensor, batch: int = 64) -> torch.Tensor:
-    out = [F.normalize(model(crops_u8[i : i + batch].float() / 255), dim=-1) for i in range(0, len(crops_u8), batch)]
-    return torch.cat(out)
-
-
 def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner) -> list[torch.Tensor | None]:
-    """What a recognition service crops from each posted photo: re-encoded at JPEG ``jpeg`` (0:
-    as written), the face nearest the centre detected and aligned again (None: no face found)."""
-    out = []
-    for img in photos:
-        if jpeg:
-            img = np.array(Image.open(io.BytesIO(encode_image(img, "jpeg", jpeg))).convert("RGB"))
-        faces, _ = aligner.faces(img)
-        out.append(torch.from_numpy(faces[0].crop).permute(2, 0, 1) if faces else None)
-    return out
+    """``attacker_sees`` for each photo, as (3, 112, 112) uint8 crops (None: no face found)."""
+    from tipim.evaluation.evaluate import attacker_sees
+
+    faces = [attacker_sees(img, jpeg, aligner) for img in photos]
+    return [torch.from_numpy(f.crop).permute(2, 0, 1) if f is not None else None for f in faces]
 
 
 def rank1_protected(probe: torch.Tensor, identity: str, gallery: torch.Tensor, ids: list[str]) -> bool:
@@ -121,6 +110,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
     aligner = FaceAligner(multi="center")
     galleries = {m: _gallery(field, model, m, field_dir, aligner) for m, model in models.items()}
     rows = []
+    clean_seen: dict[tuple, list] = {}  # the unprotected photos look the same in every run
     for label, run in runs.items():
         size = int(label.rsplit("@", 1)[1])
         _, ok = read_run(run)
@@ -138,14 +128,17 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
             psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
         for q in jpegs:
             seen = attacker_crops(written, q, aligner)
-            seen_clean = attacker_crops(clean_photos, q, aligner)
+            key = (size, q, tuple(people))
+            if key not in clean_seen:
+                clean_seen[key] = attacker_crops(clean_photos, q, aligner)
+            seen_clean = clean_seen[key]
             for m, model in models.items():
                 g, ids = galleries[m]
                 found = [(p, c) for p, c in zip(people, seen) if c is not None]
-                emb = _embed(model, torch.stack([c for _, c in found])) if found else torch.zeros(0)
+                emb = embed_crops(model, torch.stack([c for _, c in found])) if found else torch.zeros(0)
                 prot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(found, emb)]
                 cfound = [(p, c) for p, c in zip(people, seen_clean) if c is not None]
-                cemb = _embed(model, torch.stack([c for _, c in cfound])) if cfound else torch.zeros(0)
+                cemb = embed_crops(model, torch.stack([c for _, c in cfound])) if cfound else torch.zeros(0)
                 cprot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(cfound, cemb)]
                 n, missing = len(people), len(people) - len(found)
                 rows.append({

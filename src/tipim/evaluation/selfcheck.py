@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 THRESHOLDS_FILE = Path(__file__).resolve().parent / "lfw_thresholds.json"
 
@@ -54,10 +53,10 @@ class IndependentCheck:
         self.device = device
         self.aligner = FaceAligner(multi="all")
 
-    @torch.no_grad()
     def _embed(self, crops_u8: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = crops_u8.float().div(255).to(self.device)
-        return {m: F.normalize(model(x), dim=-1).cpu() for m, model in self.models.items()}
+        from tipim.evaluation.verification import embed_crops
+
+        return {m: embed_crops(model, crops_u8.to(self.device)).cpu() for m, model in self.models.items()}
 
     def __call__(self, written: np.ndarray, original_crops: torch.Tensor, boxes: list) -> list[dict]:
         """Per face (``original_crops`` (N, 3, 112, 112) uint8 of the unprotected faces, ``boxes``

@@ -52,6 +52,13 @@ def load_faces(paths: list[Path]) -> torch.Tensor:
 
 
 @torch.no_grad()
+@torch.no_grad()
+def embed_crops(model: torch.nn.Module, crops_u8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings of aligned 112x112 uint8 crops (N, 3, 112, 112)."""
+    x = crops_u8.float() / 255
+    return torch.cat([F.normalize(model(x[i : i + batch_size]), dim=1) for i in range(0, len(x), batch_size)])
+
+
 def embed_files(model: torch.nn.Module, paths: list[Path], batch_size: int = 64, progress=None) -> torch.Tensor:
     """L2-normalised embeddings of aligned 112x112 face files."""
     out = []
@@ -110,4 +117,4 @@ def verify_lfw(model: torch.nn.Module, aligned_root: str | Path, pairs_txt: str 
     return dict(accuracy=mean, std=std, pairs=len(pairs), folds=accs, threshold=best_threshold(scores, same))
 
 
-__all__ = ["Pair", "best_threshold", "embed_files", "kfold_accuracy", "read_pairs", "verify_lfw"]
+__all__ = ["Pair", "best_threshold", "embed_crops", "embed_files", "kfold_accuracy", "read_pairs", "verify_lfw"]

@@ -129,9 +129,8 @@ def photo_args(argv: list[str]) -> list[str]:
     import json
 
     args, rest = photo_parser().parse_known_args(argv)
-    preset = dict(PRESETS[args.preset])
-    robust = args.robust
-    transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if robust else AFFINE
+    preset = PRESETS[args.preset]
+    transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if args.robust else AFFINE
     if args.targets is None:
         from tipim.demo import default_targets
 
@@ -139,7 +138,7 @@ def photo_args(argv: list[str]) -> list[str]:
     out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
            "--data.multi", args.faces, "--data.check", args.check, "--model.transform", json.dumps(transform), "--seed_everything", "0"]
-    method = f"tipim-{args.preset}" + ("" if robust else "-plain")
+    method = f"tipim-{args.preset}" + ("" if args.robust else "-plain")
     for k, v in (preset | {"method": method}).items():
         out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
     return out + rest

@@ -11,7 +11,6 @@ face.
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import lightning as L
@@ -29,7 +28,6 @@ from tipim.lightning.data import ShardedBatches, load_targets, seeded_subset
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
-MIN_SIDE = 20  # MTCNN's smallest face: a smaller photo cannot hold one
 
 
 class PhotoFolder(Dataset):
@@ -58,7 +56,7 @@ class PhotoFolder(Dataset):
         except ImageReadError as e:
             return row | {"error": str(e), "status": "unreadable"}
         h, w = photo.shape[:2]
-        if min(h, w) < MIN_SIDE:
+        if min(h, w) < self.aligner().detector.min_face_size:  # smaller than the smallest face it finds
             return row | {"error": f"{item.path}: only {w}x{h} pixels, too small to hold a face; use the original photo", "status": "no_face"}
         try:
             faces, _ = self.aligner().faces(photo)
@@ -193,22 +191,23 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     @torch.no_grad()
-    def _check(self, pl_module, protected: np.ndarray, original: np.ndarray, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Surrogate distances of the written faces, cropped as the aligner crops them."""
+    def _check(self, pl_module, protected: np.ndarray, original: torch.Tensor, matrices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Surrogate distances of the written faces, cropped as the aligner crops them
+        (``original``: the unprotected crops, same way)."""
         from tipim.align.paste import crop_faces
         from tipim.attack import identity_distance
 
         att = pl_module.attack
         dev = pl_module.target_embeddings.device
         e_p = att.embed(crop_faces(protected, matrices).to(dev))
-        e_r = att.embed(crop_faces(original, matrices).to(dev))
+        e_r = att.embed(original.to(dev))
         d_r = identity_distance(e_p, e_r, att.metric)
         d_all = identity_distance(e_p[:, None], pl_module.target_embeddings[None], att.metric)
         d_t, t = d_all.min(1)
         return d_r.cpu(), d_t.cpu(), t.cpu()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        from tipim.align.paste import paste_regions
+        from tipim.align.paste import crop_faces, paste_regions
 
         eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
         k = 0
@@ -239,15 +238,14 @@ class ProtectedPhotoWriter(ManifestWriter):
                 lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
                 if lossless and linf > eps:
                     raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
-                d_r, d_t, t = self._check(pl_module, written.astype(np.uint8), photo["photo"], m)
+                written8, original = written.astype(np.uint8), crop_faces(photo["photo"], m)
+                d_r, d_t, t = self._check(pl_module, written8, original, m)
                 faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
                           "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
                           "surrogate_success": bool(d_t[j] < d_r[j])} for j in range(n)]
                 if self.checker is not None:
-                    from tipim.align.paste import crop_faces
-
-                    clean = (crop_faces(photo["photo"], m) * 255).round().to(torch.uint8)
-                    for face, verdict in zip(faces, self.checker(written.astype(np.uint8), clean, photo["boxes"])):
+                    clean = (original * 255).round().to(torch.uint8)
+                    for face, verdict in zip(faces, self.checker(written8, clean, photo["boxes"])):
                         face["independent"] = verdict
                     rec["check_models"] = self.checker.names
                 rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
