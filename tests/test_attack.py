@@ -229,3 +229,75 @@ def test_input_diversity_keeps_shape_and_passes_gradients():
         (grad,) = torch.autograd.grad(y.sum(), x)
         assert grad.abs().sum() > 0
     assert torch.equal(ResizePad(prob=0.0)(x), x)
+
+
+class InputScaled(torch.nn.Module):
+    """A member whose input gradients are small: it sees a low-contrast copy of the face."""
+
+    def __init__(self, net, contrast):
+        super().__init__()
+        self.net, self.contrast = net, contrast
+
+    def forward(self, x):
+        return self.net(0.5 + (x - 0.5) * self.contrast)
+
+
+def _members_fooled(members, x_p, x_r, targets):
+    out = []
+    for m in members:
+        e, e_r, e_t = (F.normalize(m(v), dim=-1) for v in (x_p, x_r, targets))
+        d_t = identity_distance(e[:, None], e_t[None]).min(1).values
+        out.append((d_t < identity_distance(e, e_r)).float().mean().item())
+    return out
+
+
+@pytest.mark.parametrize("which", ["all", "one"])
+def test_unbalanced_member_gradients_sum_to_the_ensemble_gradient(setup, which):
+    from tipim.attack import MemberBalance
+    from tipim.models import Ensemble
+
+    net, x_r, targets = setup
+    ens = Ensemble([net, InputScaled(TinyFR(seed=5).eval(), 0.5)], weights=[2.0, 1.0])
+    plain = IdentityMaskAttack(ens, channels_last=False)
+    split = IdentityMaskAttack(ens, channels_last=False, balance=MemberBalance(normalise=False, temperature=None))
+    t_emb = plain.embed_targets(targets)
+    x = (x_r + 0.01).clamp(0, 1).requires_grad_(True)
+    n_r = plain.embed(x_r).detach()
+    n = plain.embed(x)
+    parts = split.embed_parts(x)
+    sel = None if which == "all" else torch.tensor([0, 3, 1, 4])
+    a = plain._identity_grads(x, n, n_r, t_emb, sel)
+    b = split._identity_grads(x, torch.cat(parts, -1), n_r, t_emb, sel, parts)
+    assert a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
+
+
+def test_member_weights_are_the_smooth_worst_member_gradient():
+    from tipim.attack import member_weights
+
+    losses = torch.tensor([[0.3, -0.2, 0.1], [-0.5, -0.4, -0.6]], requires_grad=True)
+    tau = 0.1
+    (tau * torch.logsumexp(losses / tau, -1)).sum().backward()
+    w = member_weights(losses.detach(), tau)
+    torch.testing.assert_close(w / 3, losses.grad)
+    assert torch.equal(member_weights(losses.detach(), None), torch.ones(2, 3))
+    assert w[0].argmax() == 0 and w[1].argmax() == 1  # the least-fooled member leads
+
+
+def test_balanced_ensemble_fools_the_member_with_small_gradients(setup):
+    """The summed objective moves only the member with large input gradients; balancing moves both."""
+    from tipim.attack import MemberBalance
+    from tipim.models import Ensemble
+
+    net, _, targets = setup
+    members = [net, InputScaled(TinyFR(seed=5).eval(), 0.3)]
+    ens = Ensemble(members)
+    x_r = smooth_images(16, 1)
+    fooled = {}
+    for name, balance in (("plain", None), ("balanced", MemberBalance())):
+        attack = IdentityMaskAttack(ens, MomentumStep(4 / 255, 10), GreedyInsertion(), channels_last=False, balance=balance)
+        r = attack(x_r, attack.embed_targets(targets))
+        assert (r.x_p - x_r).abs().max() <= 4 / 255 + 1e-6
+        fooled[name] = _members_fooled(members, r.x_p, x_r, targets)
+    assert fooled["plain"][0] == 1.0 and fooled["plain"][1] < 0.5, fooled
+    assert min(fooled["balanced"]) == 1.0, fooled

@@ -1,5 +1,6 @@
 """TIP-IM and its baselines, composed from small parts (objective, selector, step, transform)."""
 
+from tipim.attack.balance import MemberBalance, member_weights
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
 from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
 from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
@@ -11,6 +12,7 @@ __all__ = [
     "FixedTarget",
     "GreedyInsertion",
     "IdentityMaskAttack",
+    "MemberBalance",
     "MomentumStep",
     "Naturalness",
     "NearestTarget",
@@ -21,6 +23,7 @@ __all__ = [
     "gain",
     "gaussian_kernel",
     "identity_distance",
+    "member_weights",
     "mmd",
     "project",
     "quantise_within",

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipim.attack.balance import MemberBalance
 from tipim.attack.objectives import Naturalness, gain, identity_distance, relative_identity_loss
 from tipim.attack.selection import GreedyInsertion, TargetSelector
 from tipim.attack.steps import MomentumStep, project
@@ -44,6 +45,8 @@ class IdentityMaskAttack(nn.Module):
         grad_mode: ``loop`` (K backward passes through one graph) or ``batched`` (one vmapped pass).
         channels_last: run the surrogate in channels-last memory format (faster convolutions on
             CPU, see benchmarks/results; same results up to float rounding).
+        balance: how the members of an ensemble surrogate share each step (``MemberBalance``);
+            None = the plain summed objective. A single surrogate has nothing to balance.
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class IdentityMaskAttack(nn.Module):
         random_start: bool = False,
         grad_mode: str = "loop",
         channels_last: bool = True,
+        balance: MemberBalance | None = None,
     ):
         super().__init__()
         if grad_mode not in ("loop", "batched"):
@@ -68,6 +72,8 @@ class IdentityMaskAttack(nn.Module):
         self.transform = transform
         self.metric, self.random_start, self.grad_mode = metric, random_start, grad_mode
         self.channels_last = channels_last
+        members = getattr(surrogate, "members", None)
+        self.balance = balance if balance is not None and members is not None and len(members) > 1 else None
         if channels_last:
             self.surrogate.to(memory_format=torch.channels_last)
 
@@ -76,26 +82,57 @@ class IdentityMaskAttack(nn.Module):
             x = x.contiguous(memory_format=torch.channels_last)
         return F.normalize(self.surrogate(x), dim=-1)
 
+    def embed_parts(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The ensemble members' blocks of ``embed(x)`` (their concatenation has norm 1)."""
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.surrogate.member_outputs(x)
+
     @torch.no_grad()
     def embed_targets(self, targets: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         return torch.cat([self.embed(targets[i : i + batch_size]) for i in range(0, len(targets), batch_size)])
 
-    def _identity_grads(self, x, n, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+    def _vjp(self, out: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``v . d out / d x`` for one (B, D) or several (K, B, D) cotangents ``v``."""
+        if v.dim() == out.dim():
+            return torch.autograd.grad(out, x, grad_outputs=v, retain_graph=True)[0]
+        if self.grad_mode == "batched":
+            return torch.autograd.grad(out, x, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0]
+        return torch.stack([torch.autograd.grad(out, x, grad_outputs=v[k], retain_graph=True)[0] for k in range(len(v))])
+
+    def _balanced_grads(self, x, parts, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+        """``_identity_grads`` with each member's gradient taken through its own graph and the
+        members combined by ``self.balance`` from their own margins."""
+        sizes = [p.shape[-1] for p in parts]
+        leaf = torch.cat(parts, -1).detach().requires_grad_(True)
+        b = len(x)
+        if which is None:  # every target: cotangents (K, B, D)
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric).sum(0) / b
+            v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
+            tgt = t_emb[:, None].expand(-1, b, -1)
+        else:
+            tgt = t_emb[which]
+            v = torch.autograd.grad(relative_identity_loss(leaf, tgt, n_r, self.metric).sum() / b, leaf)[0]
+        with torch.no_grad():  # per member: D_m(x, x_t) - D_m(x, x_r), (B,) or (K, B)
+            blocks = zip(leaf.split(sizes, -1), tgt.split(sizes, -1), n_r.split(sizes, -1))
+            margins = torch.stack([relative_identity_loss(e, t, r, self.metric) for e, t, r in blocks], -1)
+        grads = [self._vjp(p, x, v_m.contiguous()) for p, v_m in zip(parts, v.split(sizes, -1))]
+        g = self.balance.combine(grads, margins, batch_dims=1 if which is not None else 2)
+        return g if which is not None else g.transpose(0, 1)
+
+    def _identity_grads(self, x, n, n_r, t_emb, which: torch.Tensor | None, parts=None) -> torch.Tensor:
         """Gradients w.r.t. x of mean_b L_b for every target (which=None: (B, K, C, H, W)) or
         for one target per image (which: (B,) -> (B, C, H, W))."""
+        if parts is not None:
+            return self._balanced_grads(x, parts, n_r, t_emb, which)
         leaf = n.detach().requires_grad_(True)
         b = len(x)
         if which is None:
             losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric).sum(0) / b  # (K,)
             v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
-            if self.grad_mode == "batched":
-                g = torch.autograd.grad(n, x, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0]
-            else:
-                g = torch.stack([torch.autograd.grad(n, x, grad_outputs=v[k], retain_graph=True)[0] for k in range(len(v))])
-            return g.transpose(0, 1)
+            return self._vjp(n, x, v).transpose(0, 1)
         loss = relative_identity_loss(leaf, t_emb[which], n_r, self.metric).sum() / b
-        v = torch.autograd.grad(loss, leaf)[0]
-        return torch.autograd.grad(n, x, grad_outputs=v, retain_graph=True)[0]
+        return self._vjp(n, x, torch.autograd.grad(loss, leaf)[0])
 
     def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None, view: nn.Module | None = None) -> AttackResult:
         """``x_r`` (B, 3, 112, 112) aligned faces in [0, 1], or with ``view`` (e.g.
@@ -122,11 +159,12 @@ class IdentityMaskAttack(nn.Module):
                 x = x.detach().requires_grad_(True)
                 c = see(x)
                 xin = self.transform(c) if self.transform is not None else c
-                n = self.embed(xin)
+                parts = self.embed_parts(xin) if self.balance is not None else None
+                n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
                 nat = self.naturalness(c, c_r) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 nat_grad = torch.autograd.grad(nat, x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
-                    grads = self._identity_grads(x, n, n_r, t_emb, None) + (nat_grad[:, None] if nat is not None else 0.0)
+                    grads = self._identity_grads(x, n, n_r, t_emb, None, parts) + (nat_grad[:, None] if nat is not None else 0.0)
                     g_c = self.step.accumulate(g[:, None], grads)
                     x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
                     with torch.no_grad():
@@ -137,7 +175,7 @@ class IdentityMaskAttack(nn.Module):
                     x, g = x_c[rows, new], g_c[rows, new]
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
-                    grad = self._identity_grads(x, n, n_r, t_emb, new) + nat_grad
+                    grad = self._identity_grads(x, n, n_r, t_emb, new, parts) + nat_grad
                     g = self.step.accumulate(g, grad)
                     x = self.step.update(x.detach(), x_r, g)
                 if t > 0:

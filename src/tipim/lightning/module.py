@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, TargetSelector, quantise_within
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MemberBalance, MomentumStep, Naturalness, TargetSelector, quantise_within
 from tipim.models import Ensemble, load_embedder
 
 
@@ -34,6 +34,9 @@ class ProtectionModule(L.LightningModule):
         surrogates: white-box models: zoo names (``tipim models list``) or embedders given as
             ``class_path`` entries; several make a weighted ensemble.
         surrogate_weights: ensemble weights (equal by default).
+        balance: how an ensemble's members share each step (``tipim.attack.MemberBalance``:
+            per-member gradient normalisation, the least-fooled member favoured); None = the
+            plain summed objective.
         method: the name recorded in the manifest (configs/method/*.yaml set the parts below).
         eps: L-inf bound in 8-bit levels (12 = 12/255); for ``norm: l2`` the L2 radius in [0, 1] units.
         steps: iterations T.
@@ -56,6 +59,7 @@ class ProtectionModule(L.LightningModule):
         self,
         surrogates: list[str | nn.Module] = ["arcface-mbf"],  # noqa: B006 (jsonargparse needs a literal default)
         surrogate_weights: list[float] | None = None,
+        balance: MemberBalance | None = None,
         method: str = "tipim",
         eps: float = 12.0,
         steps: int = 50,
@@ -88,6 +92,7 @@ class ProtectionModule(L.LightningModule):
             metric,
             random_start,
             grad_mode,
+            balance=balance,
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
         self.log_images = log_images

@@ -124,8 +124,13 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", torch.tensor([w / total for w in weights]), persistent=False)
         self.name = name or "+".join(getattr(m, "name", type(m).__name__) for m in members)
 
+    def member_outputs(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's block of the embedding (``sqrt(w_k) * normalise(e_k(x))``), so an attack
+        can take each member's gradient on its own (``tipim.attack.MemberBalance``)."""
+        return [w.sqrt() * F.normalize(m(x), dim=1) for m, w in zip(self.members, self.weights)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([w.sqrt() * F.normalize(m(x), dim=1) for m, w in zip(self.members, self.weights)], dim=1)
+        return torch.cat(self.member_outputs(x), dim=1)
 
     @property
     def dim(self) -> int:
