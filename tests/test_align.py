@@ -45,6 +45,26 @@ def test_aligned_lfw_face_has_its_landmarks_on_the_template(lfw):
     assert len(boxes) >= 1 and (torch.tensor(pts[0]) - 40 - ARCFACE_TEMPLATE).norm(dim=1).mean() < 4.0
 
 
+def test_large_photos_are_searched_downscaled_and_answered_in_full_pixels(lfw):
+    """A 2500-px photo searched at 500 px finds the face where the 250-px original has it,
+    in the large photo's own coordinates; 0 searches at full resolution."""
+    from conftest import need_model
+
+    need_model("mtcnn-onet")
+    from tipim.align.aligner import FaceAligner
+
+    img = np.asarray(Image.open(lfw / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg").convert("RGB"))
+    big = np.asarray(Image.fromarray(img).resize((2500, 2500), Image.BICUBIC))
+    small_boxes, small_pts = FaceAligner().detect(img)
+    boxes, pts = FaceAligner(detect_size=500).detect(big)
+    assert len(boxes) == len(small_boxes) == 1
+    assert np.abs(pts[0] / 10 - small_pts[0]).max() < 2.5, (pts[0] / 10, small_pts[0])
+    assert np.abs(boxes[0, :4] / 10 - small_boxes[0, :4]).max() < 3.0
+    assert FaceAligner(detect_size=0).detect(img)[0].shape == small_boxes.shape
+    with pytest.raises(ValueError, match="detect_size"):
+        FaceAligner(detect_size=-1)
+
+
 def test_align_folder_reports_bad_files_and_resumes(lfw, tmp_path):
     from conftest import need_model
 

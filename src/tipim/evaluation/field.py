@@ -167,4 +167,16 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["attacker_crops", "face_psnr", "make_field_set", "markdown", "rank1_protected", "score_field"]
+def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
+    """The leave-one-out table: one row per (run, face size, re-encoding) with the score of the
+    run's held-out model only (rows must hold just that model), and how far it is from ``goal``."""
+    lines = ["| held-out model | masks made on | face px | JPEG | protected (%) | clean (%) | goal | face PSNR |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gap = "met" if r["protected"] >= goal else f"{100 * (goal - r['protected']):.0f} short"
+        psnr = f"{r['face_psnr']:.1f}" if r["face_psnr"] else "-"
+        lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | "
+                     f"{100 * r['protected']:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {psnr} |")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["attacker_crops", "face_psnr", "held_out_markdown", "make_field_set", "markdown", "rank1_protected", "score_field"]

@@ -20,6 +20,7 @@ from lightning.pytorch.callbacks import Callback
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, region_matrix
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
 from tipim.io import MAX_PIXELS, READABLE, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
@@ -33,8 +34,8 @@ NO_FACE_HINT = "no face found; use a photo where the face is visible and at leas
 class PhotoFolder(Dataset):
     """Decodes a photo and aligns all its faces; problems become an ``error`` for the writer."""
 
-    def __init__(self, items: list[PhotoItem], multi: str = "all", max_pixels: int = MAX_PIXELS):
-        self.items, self.multi, self.max_pixels = items, multi, max_pixels
+    def __init__(self, items: list[PhotoItem], multi: str = "all", max_pixels: int = MAX_PIXELS, detect_size: int = DETECT_SIZE):
+        self.items, self.multi, self.max_pixels, self.detect_size = items, multi, max_pixels, detect_size
         self._aligner = None
 
     def __len__(self) -> int:
@@ -44,7 +45,7 @@ class PhotoFolder(Dataset):
         if self._aligner is None:  # one per worker process
             from tipim.align.aligner import FaceAligner
 
-            self._aligner = FaceAligner(multi=self.multi)
+            self._aligner = FaceAligner(multi=self.multi, detect_size=self.detect_size)
         return self._aligner
 
     def __getitem__(self, i: int) -> dict:
@@ -106,6 +107,8 @@ class PhotoDataModule(L.LightningDataModule):
         max_pixels: larger photos are refused with a message.
         check: after writing, re-detect each face and ask zoo models that did not make its mask
             whether they still recognise it: ``auto`` (every fetched one), ``none``, or names.
+        detect_size: faces are searched in a copy downscaled to this longer side (0 = full
+            resolution; see ``FaceAligner.detect``); masks are still made in full-resolution pixels.
     """
 
     def __init__(
@@ -124,6 +127,7 @@ class PhotoDataModule(L.LightningDataModule):
         limit: int | None = None,
         limit_seed: int = 0,
         check: str | list[str] = "auto",
+        detect_size: int = DETECT_SIZE,
     ):
         super().__init__()
         if output_format not in FORMATS:
@@ -131,7 +135,7 @@ class PhotoDataModule(L.LightningDataModule):
         self.photos, self.targets, self.output_dir, self.root = photos, targets, output_dir, root
         self.batch_size, self.num_workers, self.multi = batch_size, num_workers, multi
         self.output_format, self.quality, self.keep_metadata, self.max_pixels = output_format, quality, keep_metadata, max_pixels
-        self.limit, self.limit_seed, self.check = limit, limit_seed, check
+        self.limit, self.limit_seed, self.check, self.detect_size = limit, limit_seed, check, detect_size
         self.items: list[PhotoItem] = []
         self.ignored: list[Ignored] = []
         self.target_names: list[str] = []
@@ -158,7 +162,7 @@ class PhotoDataModule(L.LightningDataModule):
         done_idx = {i for i, it in enumerate(self.items) if it.id in done}
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = ShardedBatches(len(self.items), self.batch_size, done_idx, rank, world)
-        return DataLoader(PhotoFolder(self.items, self.multi, self.max_pixels), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_photos)
+        return DataLoader(PhotoFolder(self.items, self.multi, self.max_pixels, self.detect_size), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_photos)
 
 
 def _exif_kept(source: str) -> bytes | None:
