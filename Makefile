@@ -33,9 +33,10 @@ demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (run
 	$(BIN)/tipim data demo --out data/demo
 	$(BIN)/tipim protect --config configs/demo.yaml
 
-bench: setup ## engine vs the official algorithm's loop, ablations, seconds per photo by preset (benchmarks/results)
+bench: setup ## engine vs the official algorithm's loop, ablations, seconds per photo by preset, 12 MP detection (benchmarks/results)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_presets.py
+	$(BIN)/python benchmarks/bench_detect.py
 
 test: setup ## run the test suite (CPU only; about 5 minutes on 2 cores)
 	$(BIN)/pytest -q

@@ -5,6 +5,8 @@
     python benchmarks/photo_transfer.py score --field runs/field --runs runs/field/runs/*@* \
         --surrogates balanced=arcface-mbf --out results/photo_transfer
     python benchmarks/photo_transfer.py table SCORED_FOLDER... --out results/photo_transfer   # merge
+    python benchmarks/photo_transfer.py loo --field runs/field --sizes 40 55 --out results/photo_transfer/loo
+        # for each zoo model: masks made on the others (an ensemble), scored on the held-out one
 
 A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars its white-box cells.
 """
@@ -39,6 +41,14 @@ def main() -> None:
     t.add_argument("folders", nargs="+")
     t.add_argument("--surrogates", nargs="*", default=[])
     t.add_argument("--out", required=True)
+    o = sub.add_parser("loo", help="leave-one-out: protect with every zoo model but one, score that one")
+    o.add_argument("--field", default="runs/field")
+    o.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    o.add_argument("--sizes", type=int, nargs="+", default=[40, 55, 110])
+    o.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
+    o.add_argument("--limit", type=int, default=24, help="people per run (the same seeded subset)")
+    o.add_argument("--protect", default="--preset balanced", help="tipim protect flags for every run")
+    o.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(2)
     from tipim.evaluation.field import make_field_set, markdown, score_field
@@ -47,6 +57,8 @@ def main() -> None:
         f = make_field_set(a.lfw, a.out, a.probes, a.distractors, a.sizes, a.seed)
         print(f"{a.out}: {len(f['probes'])} people at face sizes {a.sizes}; gallery of {len(f['gallery'])} photos")
         return
+    if a.cmd == "loo":
+        return leave_one_out(a)
     if a.cmd == "table":
         rows = [r for f in a.folders for r in json.loads((Path(f) / "results.json").read_text())]
     else:
@@ -60,6 +72,38 @@ def main() -> None:
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
     white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
     table = markdown(rows, white)
+    (out / "results.md").write_text(table)
+    print(table)
+
+
+def leave_one_out(a) -> None:
+    """Run (or resume) one protect run per held-out model and face size, then score each run on
+    its held-out model only; writes commands.txt (re-runnable), results.json and results.md."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tipim.evaluation.field import held_out_markdown, score_field
+    from tipim.models import ZooEmbedder
+
+    out, field = Path(a.out), Path(a.field)
+    out.mkdir(parents=True, exist_ok=True)
+    tipim = str(Path(sys.executable).with_name("tipim"))
+    rows, commands = [], []
+    for held in a.models:
+        members = [m for m in a.models if m != held]
+        model = {held: ZooEmbedder(held)}
+        for px in a.sizes:
+            run = field / "runs" / f"loo-{held}@{px}"
+            cmd = [tipim, "protect", str(field / f"photos-{px}"), "--out", str(run), "--data.limit", str(a.limit),
+                   *shlex.split(a.protect), "--model.surrogates", json.dumps(members)]
+            commands.append(shlex.join(["tipim", *cmd[1:]]))
+            subprocess.run(cmd, check=False)  # exit 1 = some photo had no face; the manifest says which
+            for r in score_field(field, {run.name: run}, model, a.jpeg):
+                rows.append(r | {"surrogates": "+".join(members)})
+            (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "commands.txt").write_text("\n".join(commands) + "\n")
+    table = held_out_markdown(rows)
     (out / "results.md").write_text(table)
     print(table)
 

@@ -407,7 +407,7 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     protected, one that writes somebody else's photo is, one with no face counts as missing."""
     need_model("mtcnn")
     need_model("sface")
-    from tipim.evaluation.field import make_field_set, markdown, score_field
+    from tipim.evaluation.field import held_out_markdown, make_field_set, markdown, score_field
     from tipim.io import append_jsonl
     from tipim.models import ZooEmbedder
 
@@ -430,3 +430,6 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     assert got["swapped"]["protected"] == 1 and got["swapped"]["missing"] == 0
     assert got["blank"]["protected"] == 1 and got["blank"]["missing"] == 3
     assert "| swapped | 80 | as written | 100 |" in markdown(rows)
+    held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
+    assert "| sface | arcface-mbf | 80 | as written | 0 | 0 | 90 short |" in held
+    assert "| sface | arcface-mbf | 80 | as written | 100 | 0 | met |" in held
