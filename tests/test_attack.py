@@ -126,10 +126,10 @@ def test_momentum_step_normalises_per_image_and_takes_sign_steps():
         MomentumStep(eps=12)
 
 
-@pytest.mark.parametrize("mode", ["loop", "batched"])
-def test_all_target_gradients_equal_per_target_autograd(setup, mode):
+@pytest.mark.parametrize("mode,away", [("loop", 1.0), ("batched", 1.0), ("loop", 0.3)])
+def test_all_target_gradients_equal_per_target_autograd(setup, mode, away):
     net, x_r, targets = setup
-    att = IdentityMaskAttack(net, grad_mode=mode)
+    att = IdentityMaskAttack(net, grad_mode=mode, away=away)
     t_emb = att.embed_targets(targets)
     n_r = att.embed(x_r)
     x = (x_r + 0.02 * torch.randn_like(x_r)).requires_grad_(True)
@@ -137,9 +137,11 @@ def test_all_target_gradients_equal_per_target_autograd(setup, mode):
     got = att._identity_grads(x, n, n_r, t_emb, None)
     for k in range(len(targets)):
         xk = x.detach().requires_grad_(True)
-        loss = relative_identity_loss(att.embed(xk), t_emb[k].expand(len(x), -1), n_r).mean()
+        e = att.embed(xk)
+        loss = (identity_distance(e, t_emb[k].expand(len(x), -1)) - away * identity_distance(e, n_r)).mean()
         (want,) = torch.autograd.grad(loss, xk)
         assert torch.allclose(got[:, k], want, atol=1e-6, rtol=1e-4)
+        torch.testing.assert_close(loss, relative_identity_loss(e, t_emb[k].expand(len(x), -1), n_r, away=away).mean())
 
 
 def _brute_force_greedy_step(att, x_r, t_emb):

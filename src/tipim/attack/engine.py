@@ -47,6 +47,8 @@ class IdentityMaskAttack(nn.Module):
             CPU, see benchmarks/results; same results up to float rounding).
         balance: how the members of an ensemble surrogate share each step (``MemberBalance``);
             None = the plain summed objective. A single surrogate has nothing to balance.
+        away: weight of ``D(x_p, x_r)`` in the objective (1 = the paper; see
+            ``relative_identity_loss``).
     """
 
     def __init__(
@@ -61,6 +63,7 @@ class IdentityMaskAttack(nn.Module):
         grad_mode: str = "loop",
         channels_last: bool = True,
         balance: MemberBalance | None = None,
+        away: float = 1.0,
     ):
         super().__init__()
         if grad_mode not in ("loop", "batched"):
@@ -70,7 +73,9 @@ class IdentityMaskAttack(nn.Module):
         self.selector = selector or GreedyInsertion()
         self.naturalness = naturalness
         self.transform = transform
-        self.metric, self.random_start, self.grad_mode = metric, random_start, grad_mode
+        if away < 0:
+            raise ValueError(f"away must be >= 0, got {away}")
+        self.metric, self.random_start, self.grad_mode, self.away = metric, random_start, grad_mode, away
         self.channels_last = channels_last
         members = getattr(surrogate, "members", None)
         self.balance = balance if balance is not None and members is not None and len(members) > 1 else None
@@ -107,15 +112,15 @@ class IdentityMaskAttack(nn.Module):
         leaf = torch.cat(parts, -1).detach().requires_grad_(True)
         b = len(x)
         if which is None:  # every target: cotangents (K, B, D)
-            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric).sum(0) / b
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b
             v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
             tgt = t_emb[:, None].expand(-1, b, -1)
         else:
             tgt = t_emb[which]
-            v = torch.autograd.grad(relative_identity_loss(leaf, tgt, n_r, self.metric).sum() / b, leaf)[0]
+            v = torch.autograd.grad(relative_identity_loss(leaf, tgt, n_r, self.metric, self.away).sum() / b, leaf)[0]
         with torch.no_grad():  # per member: D_m(x, x_t) - D_m(x, x_r), (B,) or (K, B)
             blocks = zip(leaf.split(sizes, -1), tgt.split(sizes, -1), n_r.split(sizes, -1))
-            margins = torch.stack([relative_identity_loss(e, t, r, self.metric) for e, t, r in blocks], -1)
+            margins = torch.stack([relative_identity_loss(e, t, r, self.metric, self.away) for e, t, r in blocks], -1)
         grads = [self._vjp(p, x, v_m.contiguous()) for p, v_m in zip(parts, v.split(sizes, -1))]
         g = self.balance.combine(grads, margins, batch_dims=1 if which is not None else 2)
         return g if which is not None else g.transpose(0, 1)
@@ -128,10 +133,10 @@ class IdentityMaskAttack(nn.Module):
         leaf = n.detach().requires_grad_(True)
         b = len(x)
         if which is None:
-            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric).sum(0) / b  # (K,)
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b  # (K,)
             v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
             return self._vjp(n, x, v).transpose(0, 1)
-        loss = relative_identity_loss(leaf, t_emb[which], n_r, self.metric).sum() / b
+        loss = relative_identity_loss(leaf, t_emb[which], n_r, self.metric, self.away).sum() / b
         return self._vjp(n, x, torch.autograd.grad(loss, leaf)[0])
 
     def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None, view: nn.Module | None = None) -> AttackResult:
@@ -182,7 +187,7 @@ class IdentityMaskAttack(nn.Module):
                     changes += (new != idx).long()
                 idx = new
                 with torch.no_grad():
-                    obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric).mean()
+                    obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric, self.away).mean()
                     history.append(float(obj + (nat.detach() if nat is not None else 0.0)))
                 if on_step is not None:
                     on_step(t, x.detach(), idx, history[-1])

@@ -22,9 +22,11 @@ def identity_distance(a: torch.Tensor, b: torch.Tensor, metric: str = "l2") -> t
     return 2.0 - 2.0 * cos if metric == "l2" else 1.0 - cos
 
 
-def relative_identity_loss(e_p: torch.Tensor, e_t: torch.Tensor, e_r: torch.Tensor, metric: str = "l2") -> torch.Tensor:
-    """Per image ``D(x_p, x_t) - D(x_p, x_r)``: closer to the target, away from the true identity."""
-    return identity_distance(e_p, e_t, metric) - identity_distance(e_p, e_r, metric)
+def relative_identity_loss(e_p: torch.Tensor, e_t: torch.Tensor, e_r: torch.Tensor, metric: str = "l2", away: float = 1.0) -> torch.Tensor:
+    """Per image ``D(x_p, x_t) - away * D(x_p, x_r)``: closer to the target, away from the true
+    identity (``away=1``: the paper). A smaller ``away`` spends the budget on reaching the target
+    person rather than on leaving the original photo (results/ensemble_balance: dlib-resnet)."""
+    return identity_distance(e_p, e_t, metric) - away * identity_distance(e_p, e_r, metric)
 
 
 def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> torch.Tensor:

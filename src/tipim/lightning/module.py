@@ -45,6 +45,7 @@ class ProtectionModule(L.LightningModule):
         norm: ``linf`` or ``l2``.
         selector: how each image picks its target (greedy insertion, fixed, nearest).
         gamma: weight of the MMD naturalness term (0 = off).
+        away: weight of the "away from the original" term ``D(x_p, x_r)`` (1 = the paper).
         mmd_views: > 0: the single-image MMD mode with this many augmented views.
         transform: input diversity before the surrogate (None = off).
         metric: identity distance, ``l2`` or ``cosine``.
@@ -68,6 +69,7 @@ class ProtectionModule(L.LightningModule):
         norm: str = "linf",
         selector: TargetSelector | None = None,
         gamma: float = 0.0,
+        away: float = 1.0,
         mmd_views: int = 0,
         transform: nn.Module | None = None,
         metric: str = "l2",
@@ -93,6 +95,7 @@ class ProtectionModule(L.LightningModule):
             random_start,
             grad_mode,
             balance=balance,
+            away=away,
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
         self.log_images = log_images
