@@ -23,10 +23,14 @@ def member_weights(margins: torch.Tensor, temperature: float | None) -> torch.Te
     return margins.shape[-1] * torch.softmax(margins / temperature, dim=-1)
 
 
+def _mean_abs(g: torch.Tensor, batch_dims: int) -> torch.Tensor:
+    """mean|g| per image, shaped to broadcast against ``g``."""
+    return g.abs().flatten(batch_dims).mean(-1).clamp_min(1e-12).view(*g.shape[:batch_dims], *[1] * (g.dim() - batch_dims))
+
+
 def normalise_per_image(g: torch.Tensor, batch_dims: int = 1) -> torch.Tensor:
     """``g / mean|g|`` per image (the first ``batch_dims`` dims index images)."""
-    scale = g.abs().flatten(batch_dims).mean(-1).clamp_min(1e-12)
-    return g / scale.view(*scale.shape, *[1] * (g.dim() - batch_dims))
+    return g / _mean_abs(g, batch_dims)
 
 
 class MemberBalance(nn.Module):
@@ -59,9 +63,7 @@ class MemberBalance(nn.Module):
             g = normalise_per_image(g, batch_dims) if self.normalise else g
             out = out + w[..., m].reshape(*w.shape[:-1], *[1] * (g.dim() - batch_dims)) * g
         # keep the plain sum's magnitude per image, so gamma weighs naturalness as before
-        size = lambda v: v.abs().flatten(batch_dims).mean(-1, keepdim=True)  # noqa: E731
-        scale = size(sum(grads)) / size(out).clamp_min(1e-12)
-        return out * scale.view(*scale.shape[:-1], *[1] * (out.dim() - batch_dims))
+        return out * (_mean_abs(sum(grads), batch_dims) / _mean_abs(out, batch_dims))
 
 
 __all__ = ["MemberBalance", "member_weights", "normalise_per_image"]

@@ -97,6 +97,16 @@ class IdentityMaskAttack(nn.Module):
     def embed_targets(self, targets: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         return torch.cat([self.embed(targets[i : i + batch_size]) for i in range(0, len(targets), batch_size)])
 
+    def _cotangents(self, e: torch.Tensor, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+        """d(mean_b L_b)/d embedding at ``e`` (B, D): (K, B, D) for every target, or (B, D) for
+        target ``which`` per image (the loss is cheap: K small gradients, no network)."""
+        leaf = e.requires_grad_(True)
+        b = len(leaf)
+        if which is None:
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b  # (K,)
+            return torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
+        return torch.autograd.grad(relative_identity_loss(leaf, t_emb[which], n_r, self.metric, self.away).sum() / b, leaf)[0]
+
     def _vjp(self, out: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``v . d out / d x`` for one (B, D) or several (K, B, D) cotangents ``v``."""
         if v.dim() == out.dim():
@@ -109,15 +119,9 @@ class IdentityMaskAttack(nn.Module):
         """``_identity_grads`` with each member's gradient taken through its own graph and the
         members combined by ``self.balance`` from their own margins."""
         sizes = [p.shape[-1] for p in parts]
-        leaf = torch.cat(parts, -1).detach().requires_grad_(True)
-        b = len(x)
-        if which is None:  # every target: cotangents (K, B, D)
-            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b
-            v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
-            tgt = t_emb[:, None].expand(-1, b, -1)
-        else:
-            tgt = t_emb[which]
-            v = torch.autograd.grad(relative_identity_loss(leaf, tgt, n_r, self.metric, self.away).sum() / b, leaf)[0]
+        leaf = torch.cat(parts, -1).detach()
+        v = self._cotangents(leaf, n_r, t_emb, which)
+        tgt = t_emb[:, None].expand(-1, len(x), -1) if which is None else t_emb[which]
         with torch.no_grad():  # per member: D_m(x, x_t) - D_m(x, x_r), (B,) or (K, B)
             blocks = zip(leaf.split(sizes, -1), tgt.split(sizes, -1), n_r.split(sizes, -1))
             margins = torch.stack([relative_identity_loss(e, t, r, self.metric, self.away) for e, t, r in blocks], -1)
@@ -130,14 +134,8 @@ class IdentityMaskAttack(nn.Module):
         for one target per image (which: (B,) -> (B, C, H, W))."""
         if parts is not None:
             return self._balanced_grads(x, parts, n_r, t_emb, which)
-        leaf = n.detach().requires_grad_(True)
-        b = len(x)
-        if which is None:
-            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b  # (K,)
-            v = torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
-            return self._vjp(n, x, v).transpose(0, 1)
-        loss = relative_identity_loss(leaf, t_emb[which], n_r, self.metric, self.away).sum() / b
-        return self._vjp(n, x, torch.autograd.grad(loss, leaf)[0])
+        g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
+        return g if which is not None else g.transpose(0, 1)
 
     def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None, view: nn.Module | None = None) -> AttackResult:
         """``x_r`` (B, 3, 112, 112) aligned faces in [0, 1], or with ``view`` (e.g.
