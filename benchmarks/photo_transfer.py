@@ -48,6 +48,8 @@ def main() -> None:
     o.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     o.add_argument("--limit", type=int, default=24, help="people per run (the same seeded subset)")
     o.add_argument("--protect", default="--preset balanced", help="tipim protect flags for every run")
+    o.add_argument("--held-out", nargs="+", default=None, help="hold out only these (default: each of --models)")
+    o.add_argument("--name", default="loo", help="run folders are runs/<name>-<held out>@<px> (a new name = new runs)")
     o.add_argument("--out", required=True)
     a = ap.parse_args()
     torch.set_num_threads(2)
@@ -90,11 +92,11 @@ def leave_one_out(a) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tipim = str(Path(sys.executable).with_name("tipim"))
     rows, commands = [], []
-    for held in a.models:
+    for held in a.held_out or a.models:
         members = [m for m in a.models if m != held]
         model = {held: ZooEmbedder(held)}
         for px in a.sizes:
-            run = field / "runs" / f"loo-{held}@{px}"
+            run = field / "runs" / f"{a.name}-{held}@{px}"
             cmd = [tipim, "protect", str(field / f"photos-{px}"), "--out", str(run), "--data.limit", str(a.limit),
                    *shlex.split(a.protect), "--model.surrogates", json.dumps(members)]
             commands.append(shlex.join(["tipim", *cmd[1:]]))
