@@ -62,7 +62,7 @@ for stage in $STAGES; do
         flags=(--no-robust); [ "$name" = tipim-photo-robust ] && flags=(--robust)
         echo "$BIN/tipim protect $PROTOCOL ... ${flags[*]} -> $RUNS/$name" >> "$OUT/commands.txt"
         $BIN/tipim protect "$PROTOCOL" --out "$RUNS/$name" --targets "$PROTOCOL" --preset balanced --faces center \
-          --data.root "$ALIGNED" --data.batch_size 8 --model.method "$name" "${limit[@]}" \
+          --data.root "$ALIGNED" --model.method "$name" "${limit[@]}" \
           --model.selector '{"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1}}' $PROTECT_ARGS "${flags[@]}"
       done
       if [ "$EVALUATE" = 1 ]; then

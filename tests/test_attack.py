@@ -11,6 +11,8 @@ from tipim.attack import (
     MomentumStep,
     Naturalness,
     NearestTarget,
+    PerImageRandom,
+    PostingTransform,
     RandomAffine,
     ResizePad,
     gain,
@@ -76,10 +78,28 @@ def test_naturalness_single_image_views_are_defined_and_differentiable():
     x_r = torch.rand(1, 3, 112, 112)
     x_p = (x_r + 0.03 * torch.randn_like(x_r)).clamp(0, 1).requires_grad_(True)
     term = Naturalness(gamma=2.0, views=4)(x_p, x_r)
-    assert term.dim() == 0 and term > 0
-    term.backward()
+    assert term.shape == (1,) and term > 0
+    term.sum().backward()
     assert x_p.grad.abs().sum() > 0
-    assert Naturalness(gamma=1.0)(x_r.clone(), x_r).abs() < 1e-5  # one image, no change -> views mode, ~0
+    assert Naturalness(gamma=1.0)(x_r.clone(), x_r).abs().max() < 1e-5  # one image, no change -> views mode, ~0
+
+
+def test_naturalness_is_the_mmd_of_each_faces_group():
+    torch.manual_seed(3)
+    x_r = torch.rand(7, 3, 8, 8)
+    x_p = (x_r + 0.05 * torch.randn_like(x_r)).clamp(0, 1)
+    nat = Naturalness(gamma=2.0, group=3)
+    got = nat(x_p, x_r)  # groups [0, 1, 2], [3, 4, 5], [6] (a group of one: views)
+    for g in ([0, 1, 2], [3, 4, 5]):
+        want = 2.0 * mmd(x_p[g].flatten(1), x_r[g].flatten(1))
+        assert torch.allclose(got[g], want.expand(3), atol=1e-6)
+    assert got[6] > 0
+    labels = torch.tensor([5, 1, 5, 1, 1, 5, 9])  # any labels, in any order
+    got = nat(x_p, x_r, labels=labels)
+    assert torch.allclose(got[[1, 3, 4]], 2.0 * mmd(x_p[[1, 3, 4]].flatten(1), x_r[[1, 3, 4]].flatten(1)).expand(3), atol=1e-6)
+    assert torch.allclose(got[[0, 2, 5]], 2.0 * mmd(x_p[[0, 2, 5]].flatten(1), x_r[[0, 2, 5]].flatten(1)).expand(3), atol=1e-6)
+    with pytest.raises(ValueError, match="group"):
+        Naturalness(group=0)
 
 
 def test_gain_max_and_sum_match_their_formulas():
@@ -138,10 +158,10 @@ def test_all_target_gradients_equal_per_target_autograd(setup, mode, away):
     for k in range(len(targets)):
         xk = x.detach().requires_grad_(True)
         e = att.embed(xk)
-        loss = (identity_distance(e, t_emb[k].expand(len(x), -1)) - away * identity_distance(e, n_r)).mean()
+        loss = (identity_distance(e, t_emb[k].expand(len(x), -1)) - away * identity_distance(e, n_r)).sum()  # a sum: a face's gradient is batch-size free
         (want,) = torch.autograd.grad(loss, xk)
         assert torch.allclose(got[:, k], want, atol=1e-6, rtol=1e-4)
-        torch.testing.assert_close(loss, relative_identity_loss(e, t_emb[k].expand(len(x), -1), n_r, away=away).mean())
+        torch.testing.assert_close(loss, relative_identity_loss(e, t_emb[k].expand(len(x), -1), n_r, away=away).sum())
 
 
 def _brute_force_greedy_step(att, x_r, t_emb):
@@ -233,6 +253,19 @@ def test_input_diversity_keeps_shape_and_passes_gradients():
     assert torch.equal(ResizePad(prob=0.0)(x), x)
 
 
+@pytest.mark.parametrize("make", [lambda: ResizePad(prob=0.7), lambda: RandomAffine(), lambda: PostingTransform(base=RandomAffine())])
+def test_random_transforms_draw_per_face_so_the_batch_changes_nothing(make):
+    x = smooth_images(6, 4).double()
+    seeds = [11, 12, 13, 14, 15, 16]
+    tf = make()
+    whole = tf(x, PerImageRandom(seeds))
+    parts = torch.cat([tf(x[:2], PerImageRandom(seeds[:2])), tf(x[2:], PerImageRandom(seeds[2:]))])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole, tf(x, PerImageRandom([s + 100 for s in seeds])))
+    with pytest.raises(ValueError, match="streams"):
+        tf(x, PerImageRandom(seeds[:3]))
+
+
 class InputScaled(torch.nn.Module):
     """A member whose input gradients are small: it sees a low-contrast copy of the face."""
 
@@ -303,3 +336,40 @@ def test_balanced_ensemble_fools_the_member_with_small_gradients(setup):
         fooled[name] = _members_fooled(members, r.x_p, x_r, targets)
     assert fooled["plain"][0] == 1.0 and fooled["plain"][1] < 0.5, fooled
     assert min(fooled["balanced"]) == 1.0, fooled
+
+
+@pytest.mark.parametrize("transform", [PostingTransform(base=RandomAffine()), ResizePad(prob=0.7)])
+def test_batch_size_changes_no_face(setup, transform):
+    """Everything random and the MMD term on: one batch of 8 equals two of 4 (the MMD groups are
+    the same 4 faces), bit for bit in float64, where the kernels themselves are batch-size free."""
+    net, _, targets = setup
+    net = net.double()
+    x_r = smooth_images(8, 5).double()
+    seeds = list(range(100, 108))
+    att = IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(every=2), Naturalness(1.0, group=4), transform, random_start=True)
+    t_emb = att.embed_targets(targets.double())
+    one = att(x_r, t_emb, rng=PerImageRandom(seeds))
+    two = [att(x_r[i : i + 4], t_emb, rng=PerImageRandom(seeds[i : i + 4])) for i in (0, 4)]
+    assert torch.equal(one.x_p, torch.cat([r.x_p for r in two]))
+    assert torch.equal(one.chosen, torch.cat([r.chosen for r in two]))
+    other = att(x_r, t_emb, rng=PerImageRandom([s + 1 for s in seeds]))
+    assert not torch.equal(one.x_p, other.x_p)  # the streams do matter
+
+
+def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(setup):
+    net, _, targets = setup
+    net = net.double()
+    x_r = smooth_images(8, 8).double()
+    seeds = list(range(8))
+    run = lambda m: IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(shortlist=m))  # noqa: E731
+    exact_att = run(0)
+    t_emb = exact_att.embed_targets(targets.double())
+    exact = exact_att(x_r, t_emb, rng=PerImageRandom(seeds))
+    short = run(1)(x_r, t_emb, rng=PerImageRandom(seeds))
+    assert exact.choice_rank.shape == (4, 8) and (short.choice_rank == 0).all()
+    on_list = (exact.choice_rank == 0).all(0)  # every choice of this face was its nearest target
+    assert on_list.any() and not on_list.all()  # both cases occur on these faces
+    assert torch.equal(short.x_p[on_list], exact.x_p[on_list]) and torch.equal(short.chosen[on_list], exact.chosen[on_list])
+    assert torch.equal(run(len(targets))(x_r, t_emb, rng=PerImageRandom(seeds)).x_p, exact.x_p)  # m >= K: the paper
+    with pytest.raises(ValueError, match="shortlist"):
+        GreedyInsertion(shortlist=-1)

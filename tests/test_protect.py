@@ -87,6 +87,23 @@ def test_two_process_ddp_writes_each_face_once_and_matches_one_process(single_ru
         assert np.array_equal(pixels(tmp_path / "ddp" / x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
 
 
+def test_batch_size_and_process_count_change_no_face(demo_data, tmp_path):
+    """TIP-IM with every random part and the MMD term on: batch 16 in one process and batch 8 in
+    two processes write the same pixels. float64, where the models' kernels are batch-size free
+    (in float32 they round differently per batch size; the algorithm is the same)."""
+    common = ("--config", "configs/method/tipim.yaml", "--model.random_start", "true", "--model.steps", "3", "--trainer.precision", "64-true")
+    one = protect(demo_data, tmp_path / "b16", *common, "--data.batch_size", "16")
+    two = protect(demo_data, tmp_path / "b8x2", *common, "--data.batch_size", "8", devices=2)
+    assert one.returncode == 0 and two.returncode == 0, one.stdout + one.stderr + two.stdout + two.stderr
+    rows = manifest(tmp_path / "b16")
+    assert len(rows) == 10 and {x["rank"] for x in manifest(tmp_path / "b8x2")} == {0, 1}
+    for x in rows:
+        assert np.array_equal(pixels(tmp_path / "b16" / x["output"]), pixels(tmp_path / "b8x2" / x["output"])), x["id"]
+    bad = protect(demo_data, tmp_path / "b12", "--config", "configs/method/tipim.yaml", "--data.batch_size", "12")
+    assert bad.returncode != 0 and "batch_size 12 is not a multiple of model.mmd_group 8" in bad.stdout + bad.stderr
+    assert not (tmp_path / "b12" / "manifest.jsonl").exists()
+
+
 def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_data, tmp_path):
     """Killed (SIGKILL) at a known point: the 4th image is written to its temporary file and not
     yet renamed. The resumed run removes the leftover, writes the rest, and every image equals

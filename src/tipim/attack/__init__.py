@@ -3,6 +3,7 @@
 from tipim.attack.balance import MemberBalance, member_weights
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
 from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
+from tipim.attack.randomness import PerImageRandom
 from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
 from tipim.attack.steps import MomentumStep, project, quantise_within
 from tipim.attack.transforms import PostingTransform, RandomAffine, ResizePad
@@ -16,6 +17,7 @@ __all__ = [
     "MomentumStep",
     "Naturalness",
     "NearestTarget",
+    "PerImageRandom",
     "PostingTransform",
     "RandomAffine",
     "ResizePad",

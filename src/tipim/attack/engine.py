@@ -1,5 +1,9 @@
 """The attack loop, composed from small parts: surrogate, transform, objective, selector, step.
 
+Each face's step depends on that face alone (and its MMD group): the objective is the *sum* of
+per-face terms, every step is normalised per face, and every random draw comes from the face's own
+stream (``PerImageRandom``), so the batch size changes nothing.
+
 One forward pass per step serves every target: the loss is linear in the normalised embedding
 ``n`` (``D(n, t) - D(n, r) = 2 n.(r - t) + const``), so the K per-target gradients are K
 vector-Jacobian products through one graph (``grad_mode='loop'``) or one batched product
@@ -16,6 +20,7 @@ from torch import nn
 
 from tipim.attack.balance import MemberBalance
 from tipim.attack.objectives import Naturalness, gain, identity_distance, relative_identity_loss
+from tipim.attack.randomness import PerImageRandom, rng_for
 from tipim.attack.selection import GreedyInsertion, TargetSelector
 from tipim.attack.steps import MomentumStep, project
 
@@ -29,6 +34,7 @@ class AttackResult:
     d_r: torch.Tensor  # (B,) D(x_p, x_r) under the surrogate
     d_t: torch.Tensor  # (B,) D(x_p, nearest target)
     loss: torch.Tensor  # (steps,) mean objective per step
+    choice_rank: torch.Tensor  # (greedy steps, B) the chosen target's place by nearness to the face then (0 = nearest)
 
 
 class IdentityMaskAttack(nn.Module):
@@ -98,14 +104,14 @@ class IdentityMaskAttack(nn.Module):
         return torch.cat([self.embed(targets[i : i + batch_size]) for i in range(0, len(targets), batch_size)])
 
     def _cotangents(self, e: torch.Tensor, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
-        """d(mean_b L_b)/d embedding at ``e`` (B, D): (K, B, D) for every target, or (B, D) for
-        target ``which`` per image (the loss is cheap: K small gradients, no network)."""
+        """d(sum_b L_b)/d embedding at ``e`` (B, D): (K, B, D) for every target, or (B, D) for
+        target ``which`` per image (the loss is cheap: K small gradients, no network). A sum, not a
+        mean, so that a face's gradient does not depend on the batch size."""
         leaf = e.requires_grad_(True)
-        b = len(leaf)
         if which is None:
-            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0) / b  # (K,)
+            losses = relative_identity_loss(leaf[:, None], t_emb[None], n_r[:, None], self.metric, self.away).sum(0)  # (K,)
             return torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
-        return torch.autograd.grad(relative_identity_loss(leaf, t_emb[which], n_r, self.metric, self.away).sum() / b, leaf)[0]
+        return torch.autograd.grad(relative_identity_loss(leaf, t_emb[which], n_r, self.metric, self.away).sum(), leaf)[0]
 
     def _vjp(self, out: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``v . d out / d x`` for one (B, D) or several (K, B, D) cotangents ``v``."""
@@ -130,52 +136,73 @@ class IdentityMaskAttack(nn.Module):
         return g if which is not None else g.transpose(0, 1)
 
     def _identity_grads(self, x, n, n_r, t_emb, which: torch.Tensor | None, parts=None) -> torch.Tensor:
-        """Gradients w.r.t. x of mean_b L_b for every target (which=None: (B, K, C, H, W)) or
+        """Gradients w.r.t. x of sum_b L_b for every target (which=None: (B, K, C, H, W)) or
         for one target per image (which: (B,) -> (B, C, H, W))."""
         if parts is not None:
             return self._balanced_grads(x, parts, n_r, t_emb, which)
         g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
         return g if which is not None else g.transpose(0, 1)
 
-    def forward(self, x_r: torch.Tensor, t_emb: torch.Tensor, steps: int | None = None, on_step=None, view: nn.Module | None = None) -> AttackResult:
+    def forward(
+        self,
+        x_r: torch.Tensor,
+        t_emb: torch.Tensor,
+        steps: int | None = None,
+        on_step=None,
+        view: nn.Module | None = None,
+        rng: PerImageRandom | None = None,
+        groups: torch.Tensor | None = None,
+    ) -> AttackResult:
         """``x_r`` (B, 3, 112, 112) aligned faces in [0, 1], or with ``view`` (e.g.
         ``tipim.align.CropView``) faces in any pixel space that ``view`` maps differentiably to
         aligned crops: the mask is optimised, stepped and projected in those pixels.
         ``t_emb`` (K, D) normalised target embeddings. ``on_step(t, x, target_index, objective)``
-        is called after every step (logging, checks)."""
+        is called after every step (logging, checks). ``rng``: each face's random stream (default:
+        seeded from torch's global generator); ``groups``: each face's MMD group id (default:
+        consecutive runs of ``naturalness.group``)."""
         steps = self.step.steps if steps is None else steps
         see = view if view is not None else (lambda v: v)
         x_r = x_r.detach()
         with torch.no_grad():
             c_r = see(x_r)
             n_r = self.embed(c_r)
-        idx = self.selector.initial(n_r, t_emb, self.metric)
+        rng = rng_for(x_r, rng)
+        idx = self.selector.initial(n_r, t_emb, self.metric, rng)
         changes = torch.zeros_like(idx)
         x = x_r.clone()
         if self.random_start:
-            x = project(x + (torch.rand_like(x) * 2 - 1) * self.step.eps, x_r, self.step.eps, self.step.norm)
+            x = project(x + (rng.rand(*x.shape[1:], dtype=x.dtype) * 2 - 1) * self.step.eps, x_r, self.step.eps, self.step.norm)
         g = torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
-        history = []
+        history, ranks = [], []
         with torch.enable_grad():
             for t in range(steps):
                 x = x.detach().requires_grad_(True)
                 c = see(x)
-                xin = self.transform(c) if self.transform is not None else c
+                xin = self.transform(c, rng) if self.transform is not None else c
                 parts = self.embed_parts(xin) if self.balance is not None else None
                 n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
-                nat = self.naturalness(c, c_r) if self.naturalness is not None and self.naturalness.gamma > 0 else None
-                nat_grad = torch.autograd.grad(nat, x, retain_graph=True)[0] if nat is not None else 0.0
+                nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
+                nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
-                    grads = self._identity_grads(x, n, n_r, t_emb, None, parts) + (nat_grad[:, None] if nat is not None else 0.0)
+                    with torch.no_grad():  # targets by nearness to the face now: (B, K)
+                        near = identity_distance(n.detach()[:, None], t_emb[None], self.metric).argsort(1)
+                    cand = self.selector.shortlist(near)  # (B, m) targets to try, or None: all K
+                    if cand is None:
+                        grads = self._identity_grads(x, n, n_r, t_emb, None, parts)
+                    else:
+                        grads = torch.stack([self._identity_grads(x, n, n_r, t_emb, cand[:, j], parts) for j in range(cand.shape[1])], 1)
+                    grads = grads + (nat_grad[:, None] if nat is not None else 0.0)
                     g_c = self.step.accumulate(g[:, None], grads)
                     x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
                     with torch.no_grad():
-                        e_c = self.embed(see(x_c.flatten(0, 1))).view(len(x), len(t_emb), -1)
+                        e_c = self.embed(see(x_c.flatten(0, 1))).view(len(x), grads.shape[1], -1)
                         d_r = identity_distance(e_c, n_r[:, None], self.metric)
                         d_t = identity_distance(e_c[:, :, None], t_emb[None, None], self.metric)
-                        new = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
-                    x, g = x_c[rows, new], g_c[rows, new]
+                        best = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
+                    new = best if cand is None else cand[rows, best]
+                    x, g = x_c[rows, best], g_c[rows, best]
+                    ranks.append((near == new[:, None]).long().argmax(1))
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
                     grad = self._identity_grads(x, n, n_r, t_emb, new, parts) + nat_grad
@@ -185,8 +212,8 @@ class IdentityMaskAttack(nn.Module):
                     changes += (new != idx).long()
                 idx = new
                 with torch.no_grad():
-                    obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric, self.away).mean()
-                    history.append(float(obj + (nat.detach() if nat is not None else 0.0)))
+                    obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric, self.away)
+                    history.append(float((obj + (nat.detach() if nat is not None else 0.0)).mean()))
                 if on_step is not None:
                     on_step(t, x.detach(), idx, history[-1])
         x = x.detach()
@@ -195,7 +222,8 @@ class IdentityMaskAttack(nn.Module):
             d_t_all = identity_distance(e[:, None], t_emb[None], self.metric)
             d_t, nearest = d_t_all.min(1)
             d_r = identity_distance(e, n_r, self.metric)
-        return AttackResult(x, nearest, idx, changes, d_r, d_t, torch.tensor(history))
+        choice_rank = torch.stack(ranks) if ranks else torch.zeros(0, len(x), dtype=torch.long, device=x.device)
+        return AttackResult(x, nearest, idx, changes, d_r, d_t, torch.tensor(history), choice_rank)
 
 
 __all__ = ["AttackResult", "IdentityMaskAttack"]

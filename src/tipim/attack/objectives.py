@@ -62,41 +62,64 @@ def gain(d_r: torch.Tensor, d_t: torch.Tensor, reduce: str = "max") -> torch.Ten
 
 
 class Naturalness(nn.Module):
-    """``gamma * MMD(X_p, X_r)`` over the batch (paper Eq. 3-4).
+    """``gamma * MMD(X_p, X_r)`` (paper Eq. 3-4), computed within fixed groups of ``group`` faces.
 
-    With ``views > 0`` (the paper's single-image mode, Appendix B) each image is compared through
-    ``views`` randomly shifted/scaled copies of itself and of its original, the same random warp
-    applied to both, so the term is defined for a batch of one. The batch mode is used otherwise,
-    falling back to views when the batch holds a single image.
+    The paper takes the MMD over the batch, which ties every face's result to its batch mates and
+    the batch size. Here the faces are cut into groups (``labels``, by default consecutive runs of
+    ``group``; ``ProtectionModule`` makes the groups independent of the batch size), each group
+    gets its own MMD, and each face carries its group's term: ``forward`` returns one value per
+    face, ``gamma * MMD(its group)``. Summed with the per-face identity losses this is the paper's
+    objective times the batch size when the batch is one group.
+
+    A group of one face (or ``views > 0``: the paper's single-image mode, Appendix B) compares
+    the face through ``views`` randomly shifted/scaled copies of itself and of its original, the
+    same random warp applied to both.
     """
 
-    def __init__(self, gamma: float = 1.0, views: int = 0, kernel_mul: float = 2.0, kernel_num: int = 5, min_views: int = 8):
+    def __init__(self, gamma: float = 1.0, views: int = 0, kernel_mul: float = 2.0, kernel_num: int = 5, min_views: int = 8, group: int = 8):
         super().__init__()
         if gamma < 0:
             raise ValueError(f"gamma must be >= 0, got {gamma}")
-        self.gamma, self.views, self.kernel_mul, self.kernel_num, self.min_views = gamma, views, kernel_mul, kernel_num, min_views
+        if group < 1:
+            raise ValueError(f"group (faces per MMD term) must be >= 1, got {group}")
+        self.gamma, self.views, self.kernel_mul, self.kernel_num, self.min_views, self.group = gamma, views, kernel_mul, kernel_num, min_views, group
 
-    def _views(self, x_p: torch.Tensor, x_r: torch.Tensor, v: int) -> tuple[torch.Tensor, torch.Tensor]:
-        import kornia.augmentation as K
+    def _views(self, x_p: torch.Tensor, x_r: torch.Tensor, v: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
+        from tipim.attack.transforms import affine_warp, draw_affine
 
-        aug = K.RandomAffine(degrees=5.0, translate=(0.05, 0.05), scale=(0.95, 1.05), p=1.0)
-        both = torch.cat([x_p, x_r]).repeat_interleave(v, dim=0)
         b = x_p.shape[0]
-        params = aug.forward_parameters(torch.Size((b * v, *x_p.shape[1:])))
-        params = {k: torch.cat([val, val]) if torch.is_tensor(val) and val.shape[:1] == (b * v,) else val for k, val in params.items()}
-        out = aug(both, params=params)
+        angle, shift, scale = (p.flatten(0, 1).to(x_p.device) for p in draw_affine(rng, v, 5.0, 0.05, (0.95, 1.05)))
+        both = torch.cat([x_p, x_r]).repeat_interleave(v, dim=0)
+        out = affine_warp(both, angle.repeat(2), shift.repeat(2, 1), scale.repeat(2))
         return out[: b * v].reshape(b, v, -1), out[b * v :].reshape(b, v, -1)
 
-    def forward(self, x_p: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
-        """The scalar term added to ``mean_b L_b``: ``gamma * MMD`` over the batch, or in view mode
-        ``gamma * mean_b MMD(views of x_p_b, views of x_r_b)``."""
-        if self.gamma == 0:
-            return x_p.new_zeros(())
+    def forward(self, x_p: torch.Tensor, x_r: torch.Tensor, rng=None, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) each face's ``gamma * MMD`` of its group (``labels``: group id per face)."""
+        from tipim.attack.randomness import rng_for
+
         b = x_p.shape[0]
-        if self.views > 0 or b == 1:
-            p, r = self._views(x_p, x_r, max(self.views, self.min_views))
-            return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num).mean()
-        return self.gamma * mmd(x_p.reshape(b, -1), x_r.reshape(b, -1), self.kernel_mul, self.kernel_num)
+        out = x_p.new_zeros(b)
+        if self.gamma == 0:
+            return out
+        rng = rng_for(x_p, rng)
+        if self.views > 0:
+            p, r = self._views(x_p, x_r, self.views, rng)
+            return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num)
+        if labels is None:
+            labels = torch.arange(b, device=x_p.device) // self.group
+        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        size = counts[inverse]  # each face's group size
+        order = torch.argsort(inverse, stable=True)
+        for n in sorted(set(size.tolist())):  # groups of one size are computed together
+            idx = order[size[order] == n].view(-1, n)
+            if n == 1:
+                one = idx[:, 0]
+                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng.subset(one.tolist()))
+                out = out.index_put((one,), self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num))
+                continue
+            term = mmd(x_p[idx].flatten(2), x_r[idx].flatten(2), self.kernel_mul, self.kernel_num)  # (groups,)
+            out = out.index_put((idx.flatten(),), (self.gamma * term).repeat_interleave(n))
+        return out
 
 
 __all__ = ["Naturalness", "gain", "gaussian_kernel", "identity_distance", "mmd", "relative_identity_loss"]

@@ -18,8 +18,14 @@ class TargetSelector(nn.Module):
     def evaluates_candidates(self, step: int) -> bool:
         return False
 
-    def initial(self, e_r: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
-        """Target index per image before the first step: the nearest one to the original face."""
+    def shortlist(self, nearest: torch.Tensor) -> torch.Tensor | None:
+        """Targets to try at a candidate step, from (B, K) target indices ordered by nearness to
+        each face: (B, m), or None for all K."""
+        return None
+
+    def initial(self, e_r: torch.Tensor, targets: torch.Tensor, metric: str, rng=None) -> torch.Tensor:
+        """Target index per image before the first step: the nearest one to the original face
+        (``rng``: each image's ``PerImageRandom`` stream, for selectors that draw)."""
         return identity_distance(e_r[:, None], targets[None], metric).argmin(1)
 
     def assign(self, step: int, e_x: torch.Tensor, targets: torch.Tensor, current: torch.Tensor, metric: str) -> torch.Tensor:
@@ -29,23 +35,34 @@ class TargetSelector(nn.Module):
 class GreedyInsertion(TargetSelector):
     """TIP-IM's Algorithm 1: at every ``every``-th step each image tries one step towards each
     target and keeps the candidate with the largest gain (``gain='max'``: Eq. 7; ``'sum'``:
-    Center-Opt). In between, the chosen target is kept (``every=1`` is the paper)."""
+    Center-Opt). In between, the chosen target is kept (``every=1`` is the paper).
 
-    def __init__(self, gain: str = "max", every: int = 1):
+    ``shortlist=m`` tries only the m targets nearest each face at that step (0 = all K, the
+    paper): m gradients and m candidate forwards instead of K. It makes the paper's choice
+    whenever that choice is among the m nearest (``AttackResult.choice_rank`` < m; measured in
+    results/greedy_shortlist).
+    """
+
+    def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0):
         super().__init__()
         if gain not in ("max", "sum"):
             raise ValueError(f"gain must be 'max' or 'sum', got {gain!r}")
         if every < 1:
             raise ValueError(f"every must be >= 1, got {every}")
-        self.gain_reduce, self.every = gain, every
+        if shortlist < 0:
+            raise ValueError(f"shortlist must be >= 0 (0 = every target), got {shortlist}")
+        self.gain_reduce, self.every, self.m = gain, every, shortlist
 
     def evaluates_candidates(self, step: int) -> bool:
         return step % self.every == 0
 
+    def shortlist(self, nearest: torch.Tensor) -> torch.Tensor | None:
+        return nearest[:, : self.m] if 0 < self.m < nearest.shape[1] else None
+
 
 class FixedTarget(TargetSelector):
     """One target per image for the whole run: ``nearest`` (to the original face, the easiest),
-    ``random`` (seeded per batch), or a fixed index of the target set."""
+    ``random`` (from each face's own stream), or a fixed index of the target set."""
 
     def __init__(self, target: str | int = "nearest"):
         super().__init__()
@@ -53,11 +70,13 @@ class FixedTarget(TargetSelector):
             raise ValueError(f"target must be 'nearest', 'random' or an index, got {target!r}")
         self.target = target
 
-    def initial(self, e_r, targets, metric):
+    def initial(self, e_r, targets, metric, rng=None):
         if self.target == "nearest":
             return super().initial(e_r, targets, metric)
         if self.target == "random":
-            return torch.randint(len(targets), (len(e_r),), device=e_r.device)
+            from tipim.attack.randomness import rng_for
+
+            return rng_for(e_r, rng).integers(0, len(targets), 1)[:, 0].to(e_r.device)
         if not 0 <= self.target < len(targets):
             raise ValueError(f"target index {self.target} is outside the target set of {len(targets)}")
         return torch.full((len(e_r),), self.target, dtype=torch.long, device=e_r.device)

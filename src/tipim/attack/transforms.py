@@ -1,48 +1,87 @@
 """Input diversity: random, differentiable transforms applied before the surrogate so that the
-mask does not over-fit it (DIM, Xie et al. 2019). Randomness comes from torch's global generator,
-which the Lightning module seeds per batch."""
+mask does not over-fit it (DIM, Xie et al. 2019), and the posting transform for robustness.
+
+Every random choice is made per image from its own stream (``PerImageRandom``), so an image is
+transformed the same way whatever batch it is in. Each transform is called as ``t(x, rng)``;
+without ``rng`` the streams are seeded from torch's global generator.
+"""
 
 from __future__ import annotations
+
+import math
 
 import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipim.attack.randomness import PerImageRandom, rng_for
+
+
+def affine_warp(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Rotate by ``angle`` degrees about the centre, scale, then shift by ``shift`` (fractions of
+    the width/height), per image: ``angle`` and ``scale`` (N,), ``shift`` (N, 2); bilinear."""
+    n, _, h, w = x.shape
+    a = torch.deg2rad(angle.to(x.dtype))
+    cos, sin, s = torch.cos(a), torch.sin(a), scale.to(x.dtype)
+    # output -> input in pixel-centred coordinates, then in affine_grid's [-1, 1] units
+    aspect = h / w
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0], theta[:, 0, 1] = cos / s, sin / s * aspect
+    theta[:, 1, 0], theta[:, 1, 1] = -sin / s / aspect, cos / s
+    t = 2 * shift.to(x.dtype)
+    theta[:, :, 2] = -(theta[:, :, :2] @ t[:, :, None])[..., 0]
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
 
 class ResizePad(nn.Module):
-    """DIM: with probability ``prob``, resize to a random size in [S, S * rate), pad at a random
-    place to S * rate, and resize back to S (the embedders need S = 112)."""
+    """DIM: with probability ``prob``, shrink to a random size in [S, S * rate) of a canvas
+    S * rate wide, place it at a random spot (zeros around), and resize back to S; done per image
+    as one bilinear warp."""
 
     def __init__(self, prob: float = 0.5, rate: float = 1.1):
         super().__init__()
         self.prob, self.rate = prob, rate
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.rand(()) >= self.prob:
-            return x
+    def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
+        u = rng_for(x, rng).rand(4, dtype=torch.float64).to(x.device)
         s = x.shape[-1]
         big = int(s * self.rate)
-        rnd = int(torch.randint(s, big, ()))
-        y = KT.resize(x, (rnd, rnd), interpolation="nearest")
-        top = int(torch.randint(0, big - rnd + 1, ()))
-        left = int(torch.randint(0, big - rnd + 1, ()))
-        y = F.pad(y, (left, big - rnd - left, top, big - rnd - top))
-        return KT.resize(y, (s, s), interpolation="bilinear", align_corners=False)
+        rnd = s + (u[:, 1] * (big - s)).floor()  # as torch.randint(s, big)
+        room = big - rnd + 1
+        top, left = (u[:, 2] * room).floor(), (u[:, 3] * room).floor()
+        a = big / rnd
+        theta = torch.zeros(len(x), 2, 3, dtype=x.dtype, device=x.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = a.to(x.dtype)
+        theta[:, 0, 2] = (a - 1 - 2 * left / rnd).to(x.dtype)
+        theta[:, 1, 2] = (a - 1 - 2 * top / rnd).to(x.dtype)
+        y = F.grid_sample(x, F.affine_grid(theta, list(x.shape), align_corners=False), mode="bilinear", padding_mode="zeros", align_corners=False)
+        keep = (u[:, 0] < self.prob).view(-1, 1, 1, 1)
+        return torch.where(keep, y, x)
+
+
+def draw_affine(rng: PerImageRandom, views: int, degrees: float, translate: float, scale: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+    """``views`` random affine parameters per image: angle (B, v), shift (B, v, 2), scale (B, v)."""
+    u = rng.rand(views, 4, dtype=torch.float64)
+    angle = (2 * u[..., 0] - 1) * degrees
+    shift = (2 * u[..., 1:3] - 1) * translate
+    return angle, shift, scale[0] + (scale[1] - scale[0]) * u[..., 3]
 
 
 class RandomAffine(nn.Module):
-    """A small random rotation/shift/scale per image (kornia), the kind the official TIP-IM code
-    applies before its surrogates."""
+    """With probability ``prob``, a small random rotation/shift/scale per image (border padding),
+    the kind the official TIP-IM code applies before its surrogates."""
 
     def __init__(self, degrees: float = 10.0, translate: float = 0.05, scale: tuple[float, float] = (0.95, 1.05), prob: float = 0.7):
         super().__init__()
-        import kornia.augmentation as K
+        self.degrees, self.translate, self.scale, self.prob = degrees, translate, tuple(scale), prob
 
-        self.aug = K.RandomAffine(degrees=degrees, translate=(translate, translate), scale=scale, p=prob, padding_mode="border")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.aug(x)
+    def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
+        rng = rng_for(x, rng)
+        keep = (rng.rand(1, dtype=torch.float64)[:, 0] < self.prob).to(x.device).view(-1, 1, 1, 1)
+        angle, shift, scale = (p[:, 0].to(x.device) for p in draw_affine(rng, 1, self.degrees, self.translate, self.scale))
+        return torch.where(keep, affine_warp(x, angle, shift, scale), x)
 
 
 class PostingTransform(nn.Module):
@@ -71,25 +110,32 @@ class PostingTransform(nn.Module):
             raise ValueError(f"quality must be a range inside [1, 100], got {quality}")
         self.quality, self.jpeg_prob, self.scale, self.shift, self.base = quality, jpeg_prob, scale, shift, base
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
         from kornia.enhance import jpeg_codec_differentiable
 
+        rng = rng_for(x, rng)
         if self.base is not None:
-            x = self.base(x)
+            x = self.base(x, rng)
         b, _, h, w = x.shape
+        u = rng.rand(5, dtype=torch.float64)  # shift x, shift y, resize factor, quality, JPEG or not
         if self.shift > 0:
-            t = torch.randint(-self.shift, self.shift + 1, (b, 2), device=x.device).to(x.dtype)
+            t = ((u[:, :2] * (2 * self.shift + 1)).floor() - self.shift).to(x.device, x.dtype)
             m = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(b, 1, 1)
             m[:, :, 2] = t
             x = KT.warp_affine(x, m, (h, w), padding_mode="border", align_corners=True)
-        f = float(torch.empty(()).uniform_(*self.scale))
-        if f < 0.99:
-            small = (max(8, round(h * f)), max(8, round(w * f)))
-            x = KT.resize(KT.resize(x, small, interpolation="bilinear", antialias=True), (h, w), interpolation="bilinear")
-        q = torch.empty(b, device=x.device).uniform_(*self.quality)
+        f = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 2]
+        side = [(max(8, round(h * float(v))), max(8, round(w * float(v)))) if v < 0.99 else None for v in f]
+        parts = []
+        for size in sorted({s for s in side if s is not None}):  # one down-and-up resize per size
+            idx = torch.tensor([i for i, s in enumerate(side) if s == size], device=x.device)
+            small = KT.resize(x[idx], size, interpolation="bilinear", antialias=True)
+            parts.append((idx, KT.resize(small, (h, w), interpolation="bilinear")))
+        if parts:
+            x = x.index_put((torch.cat([i for i, _ in parts]),), torch.cat([p for _, p in parts]))
+        q = (self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.device, x.dtype)
         y = jpeg_codec_differentiable(x.clamp(0, 1), q)
-        keep = (torch.rand(b, device=x.device) < self.jpeg_prob).view(b, 1, 1, 1)
+        keep = (u[:, 4] < self.jpeg_prob).to(x.device).view(b, 1, 1, 1)
         return torch.where(keep, y, x)
 
 
-__all__ = ["PostingTransform", "RandomAffine", "ResizePad"]
+__all__ = ["PostingTransform", "RandomAffine", "ResizePad", "affine_warp", "draw_affine"]

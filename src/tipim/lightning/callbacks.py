@@ -69,10 +69,13 @@ class ProtectedImageWriter(ManifestWriter):
                     "target": prediction["target"][j],
                     "last_followed": prediction["chosen"][j],
                     "target_changes": int(prediction["changes"][j]),
+                    # greedy steps by the chosen target's place in nearness to the face (0 = nearest)
+                    **({"greedy_places": torch.bincount(prediction["choice_rank"][j]).tolist()} if prediction["choice_rank"].shape[1] else {}),
                     "surrogate_d_r": round(float(prediction["d_r"][j]), 5),
                     "surrogate_d_t": round(float(prediction["d_t"][j]), 5),
                     "surrogate_success": bool(prediction["d_t"][j] < prediction["d_r"][j]),
                     "linf": linf,
+                    "seconds": round(prediction["seconds"] / len(prediction["x_p"]), 3),  # its share of the batch's attack time
                     "status": "ok",
                     "error": None,
                 }
@@ -135,6 +138,7 @@ class AttackStatsLogger(Callback):
             "attack/d_t": float(outputs["d_t"].mean()),
             "attack/surrogate_success": float((outputs["d_t"] < outputs["d_r"]).float().mean()),
             "attack/target_changes": float(outputs["changes"].float().mean()),
+            **({"attack/greedy_chose_nearest": float((outputs["choice_rank"] == 0).float().mean())} if outputs["choice_rank"].numel() else {}),
             "attack/faces_per_s": n / max(outputs["seconds"], 1e-9),
             "attack/linf_levels": float((outputs["x_p"].int() - outputs["x_r"].int()).abs().max()),
         }

@@ -148,7 +148,9 @@ class ProtectDataModule(L.LightningDataModule):
         targets: a folder with one aligned face per target identity, or a ``protocol.json``.
         root: where a protocol's relative paths start (default: the root it records).
         output_dir: the run folder; ids already ``ok`` in its ``manifest.jsonl`` are skipped.
-        batch_size: faces per batch (the MMD term is computed over a batch).
+        batch_size: faces per batch; None: 8 on a CPU, 256 on an accelerator. The masks do not
+            depend on it (the MMD term is computed within groups of ``model.mmd_group`` faces, of
+            which the batch size must be a multiple).
         num_workers: image-decoding workers per process.
         limit: protect only N faces, drawn with ``limit_seed`` (the same N for every method).
         limit_seed: seed of that draw.
@@ -159,7 +161,7 @@ class ProtectDataModule(L.LightningDataModule):
         faces: str,
         targets: str,
         output_dir: str = "runs/protect",
-        batch_size: int = 8,
+        batch_size: int | None = None,
         num_workers: int = 0,
         limit: int | None = None,
         root: str | None = None,
@@ -178,6 +180,14 @@ class ProtectDataModule(L.LightningDataModule):
             raise ValueError(f"no faces found in {self.faces}")
         self.target_names, self.target_images = load_targets(self.targets, self.root)
 
+    def resolved_batch_size(self) -> int:
+        if self.batch_size is not None:
+            return self.batch_size
+        from lightning.pytorch.accelerators import CPUAccelerator
+
+        on_cpu = self.trainer is None or isinstance(self.trainer.accelerator, CPUAccelerator)
+        return 8 if on_cpu else 256
+
     def done_ids(self) -> set[str]:
         return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
 
@@ -185,7 +195,7 @@ class ProtectDataModule(L.LightningDataModule):
         done = self.done_ids()
         done_idx = {i for i, it in enumerate(self.items) if it.id in done}
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = ShardedBatches(len(self.items), self.batch_size, done_idx, rank, world)
+        sampler = ShardedBatches(len(self.items), self.resolved_batch_size(), done_idx, rank, world)
         return DataLoader(FaceFolder(self.items), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate)
 
 

@@ -10,21 +10,34 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Sequence
 
 import lightning as L
 import torch
 from torch import nn
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MemberBalance, MomentumStep, Naturalness, TargetSelector, quantise_within
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MemberBalance, MomentumStep, Naturalness, PerImageRandom, TargetSelector, quantise_within
 from tipim.models import Ensemble, load_embedder
 
 
-def batch_seed(seed: int, ids: Sequence[str]) -> int:
-    """A seed from the run seed and the batch's image ids: the same batch gets the same
-    randomness on any rank and in any re-run."""
-    h = hashlib.sha256(f"{seed}|{'|'.join(ids)}".encode()).digest()
+def face_seed(seed: int, face_id: str) -> int:
+    """A face's seed from the run seed and its id: the face gets the same randomness in any
+    batch, on any rank and in any re-run."""
+    h = hashlib.sha256(f"{seed}|{face_id}".encode()).digest()
     return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def mmd_groups(batch: dict, group: int) -> torch.Tensor:
+    """Each face's MMD group: runs of ``group`` faces of the batch (the crop data cuts batches at
+    multiples of ``group``, so these are the same runs of the sorted face list at any batch size),
+    or for photos runs of ``group`` faces *within each photo*."""
+    if "photos" not in batch:
+        return torch.arange(len(batch["id"])) // group
+    labels, base = [], 0
+    for photo in batch["photos"]:
+        n = len(photo["regions"])
+        labels.append(base + torch.arange(n) // group)
+        base += -(-n // group)
+    return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
 
 
 class ProtectionModule(L.LightningModule):
@@ -47,6 +60,9 @@ class ProtectionModule(L.LightningModule):
         gamma: weight of the MMD naturalness term (0 = off).
         away: weight of the "away from the original" term ``D(x_p, x_r)`` (1 = the paper).
         mmd_views: > 0: the single-image MMD mode with this many augmented views.
+        mmd_group: faces per MMD term: the term is computed within fixed groups of this many faces
+            (the paper: the whole batch), so the batch size changes no result; the batch size
+            must be a multiple of it.
         transform: input diversity before the surrogate (None = off).
         metric: identity distance, ``l2`` or ``cosine``.
         random_start: start at a random point of the eps-ball (PGD).
@@ -71,6 +87,7 @@ class ProtectionModule(L.LightningModule):
         gamma: float = 0.0,
         away: float = 1.0,
         mmd_views: int = 0,
+        mmd_group: int = 8,
         transform: nn.Module | None = None,
         metric: str = "l2",
         random_start: bool = False,
@@ -89,7 +106,7 @@ class ProtectionModule(L.LightningModule):
             surrogate,
             MomentumStep(eps_unit, steps, step_size, momentum, norm),
             selector or GreedyInsertion(),
-            Naturalness(gamma, mmd_views) if gamma > 0 else None,
+            Naturalness(gamma, mmd_views, group=mmd_group) if gamma > 0 else None,
             transform,
             metric,
             random_start,
@@ -113,8 +130,16 @@ class ProtectionModule(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or dm.target_images is None:
             raise RuntimeError("ProtectionModule needs a ProtectDataModule with a target set")
+        group = self.attack.naturalness.group if self.attack.naturalness is not None else 1
+        from tipim.lightning.data import ProtectDataModule
+
+        if isinstance(dm, ProtectDataModule) and dm.resolved_batch_size() % group:
+            raise ValueError(
+                f"data.batch_size {dm.resolved_batch_size()} is not a multiple of model.mmd_group {group}: the MMD term's groups would "
+                f"straddle batches and the masks would depend on the batch size. Use a multiple of {group} or set --model.mmd_group."
+            )
         self.target_names = list(dm.target_names)
-        self.target_embeddings = self.attack.embed_targets(dm.target_images.to(self.device))
+        self.target_embeddings = self.attack.embed_targets(dm.target_images.to(self.device, self.dtype))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
@@ -128,10 +153,13 @@ class ProtectionModule(L.LightningModule):
             from tipim.align.paste import CropView
 
             view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok], tuple(x_r.shape[-2:])).to(x_r.device)
-        torch.manual_seed(batch_seed(self.seed, batch["id"]))
+        ids = [i for i, good in zip(batch["id"], ok.tolist()) if good]
+        rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
+        group = self.attack.naturalness.group if self.attack.naturalness is not None else 1
+        groups = mmd_groups(batch, group)[ok].to(x_r.device)
         start = time.perf_counter()
         with torch.enable_grad():
-            r = self.attack(x_r, self.target_embeddings, view=view)
+            r = self.attack(x_r, self.target_embeddings, view=view, rng=rng, groups=groups)
         out.update(
             x_r=(x_r * 255).round().to(torch.uint8).cpu(),
             # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding
@@ -139,6 +167,7 @@ class ProtectionModule(L.LightningModule):
             target=[self.target_names[i] for i in r.target.tolist()],
             chosen=[self.target_names[i] for i in r.chosen.tolist()],
             changes=r.changes.cpu(),
+            choice_rank=r.choice_rank.T.cpu(),
             d_r=r.d_r.cpu(),
             d_t=r.d_t.cpu(),
             objective=r.loss,
@@ -147,4 +176,4 @@ class ProtectionModule(L.LightningModule):
         return out
 
 
-__all__ = ["ProtectionModule", "batch_seed"]
+__all__ = ["ProtectionModule", "face_seed", "mmd_groups"]
