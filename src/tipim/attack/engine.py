@@ -175,6 +175,7 @@ class IdentityMaskAttack(nn.Module):
         g = torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
         history, ranks = [], []
+        e_x = None if self.random_start else n_r  # the surrogate's embedding of the current x, when known
         with torch.enable_grad():
             for t in range(steps):
                 x = x.detach().requires_grad_(True)
@@ -185,9 +186,10 @@ class IdentityMaskAttack(nn.Module):
                 nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
-                    with torch.no_grad():  # targets by nearness to the face now: (B, K)
-                        near = identity_distance(n.detach()[:, None], t_emb[None], self.metric).argsort(1)
-                    cand = self.selector.shortlist(near)  # (B, m) targets to try, or None: all K
+                    with torch.no_grad():  # targets by nearness to the face now (untransformed): (B, K)
+                        e_x = self.embed(see(x.detach())) if e_x is None else e_x
+                        near = identity_distance(e_x[:, None], t_emb[None], self.metric).argsort(1)
+                    cand = self.selector.shortlist(near, t)  # (B, m) targets to try, or None: all K
                     if cand is None:
                         grads = self._identity_grads(x, n, n_r, t_emb, None, parts)
                     else:
@@ -201,13 +203,13 @@ class IdentityMaskAttack(nn.Module):
                         d_t = identity_distance(e_c[:, :, None], t_emb[None, None], self.metric)
                         best = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
                     new = best if cand is None else cand[rows, best]
-                    x, g = x_c[rows, best], g_c[rows, best]
+                    x, g, e_x = x_c[rows, best], g_c[rows, best], e_c[rows, best]
                     ranks.append((near == new[:, None]).long().argmax(1))
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
                     grad = self._identity_grads(x, n, n_r, t_emb, new, parts) + nat_grad
                     g = self.step.accumulate(g, grad)
-                    x = self.step.update(x.detach(), x_r, g)
+                    x, e_x = self.step.update(x.detach(), x_r, g), None
                 if t > 0:
                     changes += (new != idx).long()
                 idx = new

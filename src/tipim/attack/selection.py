@@ -18,9 +18,9 @@ class TargetSelector(nn.Module):
     def evaluates_candidates(self, step: int) -> bool:
         return False
 
-    def shortlist(self, nearest: torch.Tensor) -> torch.Tensor | None:
-        """Targets to try at a candidate step, from (B, K) target indices ordered by nearness to
-        each face: (B, m), or None for all K."""
+    def shortlist(self, nearest: torch.Tensor, step: int) -> torch.Tensor | None:
+        """Targets to try at candidate step ``step``, from (B, K) target indices ordered by
+        nearness to each face: (B, m), or None for all K."""
         return None
 
     def initial(self, e_r: torch.Tensor, targets: torch.Tensor, metric: str, rng=None) -> torch.Tensor:
@@ -37,10 +37,11 @@ class GreedyInsertion(TargetSelector):
     target and keeps the candidate with the largest gain (``gain='max'``: Eq. 7; ``'sum'``:
     Center-Opt). In between, the chosen target is kept (``every=1`` is the paper).
 
-    ``shortlist=m`` tries only the m targets nearest each face at that step (0 = all K, the
-    paper): m gradients and m candidate forwards instead of K. It makes the paper's choice
-    whenever that choice is among the m nearest (``AttackResult.choice_rank`` < m; measured in
-    results/greedy_shortlist).
+    ``shortlist=m`` tries only the m targets nearest each face (its untransformed embedding) at
+    that step, after a first step that tries all K (0 = all K always, the paper): m gradients
+    and m candidate forwards instead of K. It makes the paper's choice whenever that choice is
+    among the m nearest (``AttackResult.choice_rank`` < m), which after the first step it nearly
+    always is (results/greedy_shortlist).
     """
 
     def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0):
@@ -56,8 +57,8 @@ class GreedyInsertion(TargetSelector):
     def evaluates_candidates(self, step: int) -> bool:
         return step % self.every == 0
 
-    def shortlist(self, nearest: torch.Tensor) -> torch.Tensor | None:
-        return nearest[:, : self.m] if 0 < self.m < nearest.shape[1] else None
+    def shortlist(self, nearest: torch.Tensor, step: int) -> torch.Tensor | None:
+        return nearest[:, : self.m] if step > 0 and 0 < self.m < nearest.shape[1] else None
 
 
 class FixedTarget(TargetSelector):
