@@ -81,9 +81,10 @@ TIPIM = {"method": "tipim", "momentum": 1.0, "gamma": 1.0}
 AFFINE = {"class_path": "tipim.attack.RandomAffine"}
 PRESETS = {  # for people who do not know the method; timings in benchmarks/results/photo_presets.md
     # shortlist m: greedy insertion tries the m targets nearest each face (all 10 at the first step);
-    # as successful as trying all 10 at a fraction of the cost (results/greedy_shortlist)
+    # as successful as trying all 10 at a fraction of the cost (results/greedy_shortlist); m = 1 keeps
+    # balanced under ~5 s per photo on a 2-core CPU (benchmarks/results/photo_presets.md)
     "fast": TIPIM | {"steps": 20, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 5, "shortlist": 2}}},
-    "balanced": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1, "shortlist": 2}}},
+    "balanced": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1, "shortlist": 1}}},
     "strong": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf", "sface"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1, "shortlist": 3}}},
 }
 
@@ -98,7 +99,7 @@ def photo_parser():
         epilog=(
             "presets (seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
             "  fast      arcface-mbf, 20 steps, greedy target choice every 5th step among the 2 nearest targets\n"
-            "  balanced  arcface-mbf, 50 steps, greedy choice every step among the 2 nearest targets (default)\n"
+            "  balanced  arcface-mbf, 50 steps, greedy choice of all targets at the first step, then the nearest one (default)\n"
             "  strong    arcface-mbf + sface ensemble, 50 steps, greedy choice every step among the 3 nearest\n"
             "every preset optimises through re-encoding (--robust) unless --no-robust\n\n"
             "examples:\n"
