@@ -1,4 +1,7 @@
-"""Engine throughput on an accelerator: fp32 against bf16 autocast, by batch size.
+"""Engine throughput on an accelerator: fp32 against bf16 autocast, by batch size, for exact
+greedy insertion (the paper: all K targets tried every step) and the shortlist of the nearest
+target (``GreedyInsertion(shortlist=1)``, which wrote the same images as exact greedy on the CPU
+without input diversity, results/greedy_shortlist), optionally with ``torch.compile``.
 
 Measured on real LFW crops of the protocol's probes with arcface-mbf as surrogate, K=10 targets.
 The baseline is the same engine in fp32 at batch 8 on the same machine's CPU, in the same run,
@@ -27,10 +30,12 @@ from tipim.lightning.data import load_face, load_targets, scan_faces
 from tipim.models import ZooEmbedder
 
 
-def run(model, faces, targets, steps, device, dtype, batch):
-    """Protect ``faces`` in batches; return seconds (synchronised), success count and max 8-bit change."""
+def run(model, faces, targets, steps, device, dtype, batch, shortlist=0, surrogate=None):
+    """Protect ``faces`` in batches; return seconds (synchronised), success count and max 8-bit change.
+    ``surrogate``: what the attack runs (e.g. a compiled ``model``); success is judged on ``model``."""
     model = model.to(device)
-    attack = IdentityMaskAttack(model, MomentumStep(steps=steps), GreedyInsertion(), Naturalness(1.0), RandomAffine())
+    attack = IdentityMaskAttack(model if surrogate is None else surrogate, MomentumStep(steps=steps), GreedyInsertion(shortlist=shortlist), Naturalness(1.0), RandomAffine(),
+                                channels_last=surrogate is None)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     with torch.no_grad():
         t_emb = attack.embed_targets(targets.to(device))
@@ -62,6 +67,8 @@ def main():
     ap.add_argument("--batches", type=int, nargs="+", default=[8, 32, 64])
     ap.add_argument("--cpu-faces", type=int, default=8)
     ap.add_argument("--device", default="cuda")
+    ap.add_argument("--shortlists", type=int, nargs="+", default=[0, 1], help="0 = exact greedy")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile the surrogate (fp32 and bf16, largest batch)")
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     torch.manual_seed(0)
@@ -73,19 +80,31 @@ def main():
 
     rows = []
 
-    def record(where, dtype, batch, n, res):
+    def record(where, dtype, batch, n, res, greedy="exact"):
         seconds, ok, linf = res
-        rows.append({"device": where, "dtype": dtype, "batch": batch, "faces": n, "seconds": round(seconds, 3),
+        rows.append({"device": where, "greedy": greedy, "dtype": dtype, "batch": batch, "faces": n, "seconds": round(seconds, 3),
                      "img_per_s": n / seconds, "success": ok, "linf_8bit": linf})
-        print(f"{where:>5s} {dtype:5s} batch {batch:4d}: {n / seconds:8.2f} img/s  success {ok}/{n}  linf {linf}", flush=True)
+        print(f"{where:>5s} {greedy:10s} {dtype:5s} batch {batch:4d}: {n / seconds:8.2f} img/s  success {ok}/{n}  linf {linf}", flush=True)
 
     cpu = torch.device("cpu")
     record("cpu", "fp32", 8, a.cpu_faces, run(model, faces[: a.cpu_faces], targets, a.steps, cpu, "fp32", 8))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     run(model, faces[:8], targets, 2, device, "fp32", 8)  # warm-up: kernels, allocator
-    for dtype in ("fp32", "bf16"):
-        for b in a.batches:
-            record(device.type, dtype, b, len(faces), run(model, faces, targets, a.steps, device, dtype, b))
+    for m in a.shortlists:
+        label = "exact" if m == 0 else f"shortlist{m}"
+        for dtype in ("fp32", "bf16"):
+            for b in a.batches:
+                record(device.type, dtype, b, len(faces), run(model, faces, targets, a.steps, device, dtype, b, m), label)
+    if a.compile:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.donated_buffer = False  # the engine takes several gradients through one graph (retain_graph)
+        compiled = torch.compile(model.to(device))
+        m, b = a.shortlists[-1], max(a.batches)
+        for dtype in ("fp32", "bf16"):
+            run(model, faces[:b], targets, 2, device, dtype, b, m, compiled)  # compile for these shapes first
+            record(device.type, dtype, b, len(faces), run(model, faces, targets, a.steps, device, dtype, b, m, compiled),
+                   f"{'exact' if m == 0 else f'shortlist{m}'}+compile")
     base = rows[0]["img_per_s"]
     for r in rows:
         r["vs_cpu_fp32_b8"] = r["img_per_s"] / base
@@ -98,8 +117,8 @@ def main():
     lines = [f"# Engine on {name} (torch {torch.__version__}, {os.cpu_count()} CPU cores)", "",
              f"TIP-IM, arcface-mbf, K={len(targets)}, T={a.steps}, real LFW probes. Baseline: the same engine, fp32, batch 8, "
              "on this machine's CPU in the same run. Success: nearest of {itself, targets} is a target (fp32 re-embedding).", "",
-             "| where | dtype | batch | faces | img/s | x CPU fp32 | success | max change (8-bit) |", "|---|---|---|---|---|---|---|---|"]
-    lines += [f"| {r['device']} | {r['dtype']} | {r['batch']} | {r['faces']} | {r['img_per_s']:.2f} | {r['vs_cpu_fp32_b8']:.1f} | "
+             "| where | greedy | dtype | batch | faces | img/s | x CPU fp32 | success | max change (8-bit) |", "|---|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {r['device']} | {r['greedy']} | {r['dtype']} | {r['batch']} | {r['faces']} | {r['img_per_s']:.2f} | {r['vs_cpu_fp32_b8']:.1f} | "
               f"{r['success']}/{r['faces']} | {r['linf_8bit']} |" for r in rows]
     (out / f"engine_{tag}.md").write_text("\n".join(lines) + "\n")
 

@@ -21,7 +21,7 @@ env "${common[@]}" STAGES=table3 PROTECT_ARGS="--trainer.accelerator gpu --train
   timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/table3.log" 2>&1 &
 env "${common[@]}" STAGES=gamma PROTECT_ARGS="--trainer.accelerator gpu" timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/gamma.log" 2>&1 &
 env "${common[@]}" STAGES=schedule PROTECT_ARGS="--trainer.accelerator gpu" timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/schedule.log" 2>&1 &
-python3 benchmarks/bench_device.py --root .gpu/lfw-aligned --faces "${BENCH_FACES:-64}" --steps 20 --batches 8 32 64 --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+python3 benchmarks/bench_device.py --root .gpu/lfw-aligned --faces "${BENCH_FACES:-256}" --steps 20 --batches 64 256 --shortlists 0 1 --compile --out "$OUT" 2>&1 | tee "$OUT/bench.log"
 wait
 echo "protect stages took $((SECONDS - start)) s"
 for r in /tmp/runs/*; do echo "$(basename "$r"): $(grep -c '"status": "ok"' "$r/manifest.jsonl" 2>/dev/null) ok"; done
