@@ -26,7 +26,7 @@ def _onnx_to_torch(path: str | Path) -> nn.Module:
 
 
 def _zoo_settings(name: str) -> dict:
-    """Native input and the network of each zoo model (see docs/models.md for the sources)."""
+    """Native input and the network of each zoo model (sources, versions and checksums: ``tipim.zoo.registry``)."""
     if name == "arcface-mbf":
         net = _onnx_to_torch(artifact_path("arcface-mbf"))
         return dict(net=net, native_size=112, pixel_scale=255.0, mean=(127.5,) * 3, std=(127.5,) * 3)
