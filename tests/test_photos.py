@@ -36,8 +36,8 @@ def _regions(photo: np.ndarray, faces):
     for i, (x0, y0, x1, y1) in enumerate(rects):
         x[i, :, : y1 - y0, : x1 - x0] = torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).float() / 255
     m = torch.stack([region_matrix(f.matrix, r[0], r[1]) for f, r in zip(faces, rects)])
-    view = CropView(m, torch.tensor([[r[3] - r[1], r[2] - r[0]] for r in rects]), (hh, ww))
-    return x, rects, view
+    sizes = torch.tensor([[r[3] - r[1], r[2] - r[0]] for r in rects])
+    return x, rects, CropView(m, sizes, (hh, ww)), m, sizes
 
 
 def test_crop_view_shows_the_aligners_crop_of_every_face():
@@ -50,11 +50,33 @@ def test_crop_view_shows_the_aligners_crop_of_every_face():
     photo = load_rgb(artifact_path("demo-gdp"))
     faces, _ = FaceAligner(multi="all").faces(photo)
     assert len(faces) >= 3
-    x, rects, view = _regions(photo, faces)
+    x, rects, view, _, _ = _regions(photo, faces)
     crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255
-    assert view.s == 1 and float((view(x) - crops).abs().max()) * 255 < 0.51  # the aligner's uint8 crop, up to its rounding
+    assert view.s == [1] * len(faces) and float((view(x) - crops).abs().max()) * 255 < 0.51  # the aligner's uint8 crop, up to its rounding
     with pytest.raises(ValueError, match="faces got a batch"):
         view(x[:1])
+
+
+def test_a_faces_crop_does_not_depend_on_the_faces_batched_with_it():
+    """Photos batched together: a small face next to a large one (which needs area resampling) is
+    seen exactly as alone, so the photo batch size changes no crop."""
+    need_model("mtcnn")
+    from tipim.align.aligner import FaceAligner
+    from tipim.align.paste import CropView
+
+    aligner = FaceAligner(multi="largest")
+    seen = []
+    for size in (1400, 160):
+        photo = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((size, size), Image.BICUBIC))
+        seen.append(_regions(photo, aligner.faces(photo)[0]))
+    (xb, _, vb, mb, sb), (xs, _, vs, ms, ss) = seen
+    both = torch.zeros(2, 3, *xb.shape[-2:], dtype=torch.float64)
+    both[0] = xb[0]
+    both[1, :, : xs.shape[-2], : xs.shape[-1]] = xs[0]
+    view = CropView(torch.cat([mb, ms]), torch.cat([sb, ss]), tuple(xb.shape[-2:]))
+    assert view.s[0] > 1 and view.s[1] == 1
+    together = view(both)
+    assert torch.allclose(together[1], vs(xs.double())[0], atol=1e-12) and torch.allclose(together[0], vb(xb.double())[0], atol=1e-12)
 
 
 def test_crop_view_gradient_covers_a_large_face_and_stays_inside_a_small_ones_region():
@@ -65,8 +87,8 @@ def test_crop_view_gradient_covers_a_large_face_and_stays_inside_a_small_ones_re
     for size, oversampled in ((1400, True), (160, False)):  # faces of ~480 and ~30 pixels
         photo = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((size, size), Image.BICUBIC))
         faces, _ = aligner.faces(photo)
-        x, rects, view = _regions(photo, faces)
-        assert (view.s > 1) == oversampled
+        x, rects, view, _, _ = _regions(photo, faces)
+        assert (view.s[0] > 1) == oversampled
         x.requires_grad_(True)
         view(x).sum().backward()
         g = x.grad[0].abs().sum(0)
@@ -96,7 +118,7 @@ def test_protected_regions_are_what_the_photo_holds_within_the_exact_bound():
     for photo, n_faces in ((small, 1), (big, 1), (group, 2)):
         faces, _ = FaceAligner(multi="all").faces(photo)
         assert len(faces) == n_faces
-        x, rects, view = _regions(photo, faces)
+        x, rects, view, _, _ = _regions(photo, faces)
         r = attack(x, t_emb, view=view)
         x_r8, x_p8 = (x * 255).round().to(torch.uint8), quantise_within(r.x_p, x, 12 / 255)
         out, touched = paste_regions(photo, x_r8, x_p8, rects, 12)

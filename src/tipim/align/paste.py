@@ -65,28 +65,38 @@ class CropView(nn.Module):
         sizes = torch.as_tensor(sizes, dtype=torch.float64)
         if matrices.dim() != 3 or matrices.shape[1:] != (2, 3) or sizes.shape != (len(matrices), 2):
             raise ValueError(f"CropView needs (B, 2, 3) matrices and (B, 2) sizes, got {tuple(matrices.shape)} and {tuple(sizes.shape)}")
-        ratio = max((photo_pixels_per_crop_pixel(m) for m in matrices), default=1.0)
-        self.s = int(min(max_oversample, max(1, math.ceil(ratio - 0.25))))
+        # each face's own area-resampling factor, so its crop does not depend on its batch mates
+        self.s = [int(min(max_oversample, max(1, math.ceil(photo_pixels_per_crop_pixel(m) - 0.25)))) for m in matrices]
         self.size = size
-        n = size * self.s
-        sub = (torch.arange(n, dtype=torch.float64) + 0.5) / self.s - 0.5  # sample centres in crop pixels
-        v, u = torch.meshgrid(sub, sub, indexing="ij")
-        uv1 = torch.stack([u, v, torch.ones_like(u)], -1)  # (n, n, 3)
-        inv = torch.stack([invert_affine(m) for m in matrices])  # crop -> region
-        xy = torch.einsum("hwk,bjk->bhwj", uv1, inv)  # (B, n, n, 2) region pixels
-        hi = torch.stack([sizes[:, 1], sizes[:, 0]], -1)[:, None, None] - 1
-        xy = torch.minimum(xy.clamp_min(0), hi)  # border clamp inside each face's own region
+        inv = [invert_affine(m) for m in matrices]  # crop -> region
         h, w = padded
-        grid = torch.stack([2 * xy[..., 0] / max(w - 1, 1) - 1, 2 * xy[..., 1] / max(h - 1, 1) - 1], -1)
-        self.register_buffer("grid", grid.float(), persistent=False)
+        self.groups: list[tuple[int, torch.Tensor]] = []  # (factor, face indices), one grid buffer each
+        for k, f in enumerate(sorted(set(self.s))):
+            idx = torch.tensor([i for i, v in enumerate(self.s) if v == f])
+            n = size * f
+            sub = (torch.arange(n, dtype=torch.float64) + 0.5) / f - 0.5  # sample centres in crop pixels
+            v, u = torch.meshgrid(sub, sub, indexing="ij")
+            uv1 = torch.stack([u, v, torch.ones_like(u)], -1)  # (n, n, 3)
+            xy = torch.einsum("hwk,bjk->bhwj", uv1, torch.stack([inv[i] for i in idx.tolist()]))  # (b, n, n, 2) region pixels
+            hi = torch.stack([sizes[idx, 1], sizes[idx, 0]], -1)[:, None, None] - 1
+            xy = torch.minimum(xy.clamp_min(0), hi)  # border clamp inside each face's own region
+            grid = torch.stack([2 * xy[..., 0] / max(w - 1, 1) - 1, 2 * xy[..., 1] / max(h - 1, 1) - 1], -1)
+            self.register_buffer(f"grid{k}", grid, persistent=False)  # float64: cast to the faces' dtype when used
+            self.groups.append((f, idx))
+        self.faces = len(matrices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (B * n, 3, H, W), n copies of each face in a row (candidate steps) -> crops."""
-        if len(x) % len(self.grid):
-            raise ValueError(f"CropView of {len(self.grid)} faces got a batch of {len(x)}")
-        grid = self.grid.to(x.dtype).repeat_interleave(len(x) // len(self.grid), 0)
-        out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
-        return F.avg_pool2d(out, self.s) if self.s > 1 else out
+        if len(x) % max(self.faces, 1):
+            raise ValueError(f"CropView of {self.faces} faces got a batch of {len(x)}")
+        copies = len(x) // max(self.faces, 1)
+        out = x.new_empty(len(x), x.shape[1], self.size, self.size)
+        for k, (f, idx) in enumerate(self.groups):
+            rows = (idx.to(x.device)[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
+            grid = getattr(self, f"grid{k}").to(x.dtype).repeat_interleave(copies, 0)
+            crops = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="border", align_corners=True)
+            out[rows] = F.avg_pool2d(crops, f) if f > 1 else crops
+        return out
 
 
 def paste_regions(photo: np.ndarray, regions_r: torch.Tensor, regions_p: torch.Tensor, boxes: list, eps: int) -> tuple[np.ndarray, np.ndarray]:
