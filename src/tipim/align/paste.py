@@ -53,13 +53,12 @@ class CropView(nn.Module):
 
     Args:
         matrices: (B, 2, 3) region->crop matrices (``region_matrix``).
-        sizes: (B, 2) each region's real (h, w) inside the padded batch tensor.
-        padded: (H, W) of the batch tensor the regions are padded to.
+        sizes: (B, 2) each region's real (h, w) inside the padded batch tensor (top-left aligned).
         size: crop side.
         max_oversample: cap on the area-resampling factor.
     """
 
-    def __init__(self, matrices: torch.Tensor, sizes: torch.Tensor, padded: tuple[int, int], size: int = ARCFACE_SIZE, max_oversample: int = 8):
+    def __init__(self, matrices: torch.Tensor, sizes: torch.Tensor, size: int = ARCFACE_SIZE, max_oversample: int = 8):
         super().__init__()
         matrices = torch.as_tensor(matrices, dtype=torch.float64)
         sizes = torch.as_tensor(sizes, dtype=torch.float64)
@@ -69,20 +68,22 @@ class CropView(nn.Module):
         self.s = [int(min(max_oversample, max(1, math.ceil(photo_pixels_per_crop_pixel(m) - 0.25)))) for m in matrices]
         self.size = size
         inv = [invert_affine(m) for m in matrices]  # crop -> region
-        h, w = padded
-        self.groups: list[tuple[int, torch.Tensor]] = []  # (factor, face indices), one grid buffer each
-        for k, f in enumerate(sorted(set(self.s))):
-            idx = torch.tensor([i for i, v in enumerate(self.s) if v == f])
+        # faces grouped by (factor, region size); each group is sampled from its own unpadded
+        # regions, so neither the batch's padding nor its other faces change a face's crop
+        self.groups: list[tuple[int, int, int, torch.Tensor]] = []  # (factor, h, w, face indices)
+        keys = [(f, int(hw[0]), int(hw[1])) for f, hw in zip(self.s, sizes.tolist())]
+        for k, (f, h, w) in enumerate(sorted(set(keys))):
+            idx = torch.tensor([i for i, key in enumerate(keys) if key == (f, h, w)])
             n = size * f
             sub = (torch.arange(n, dtype=torch.float64) + 0.5) / f - 0.5  # sample centres in crop pixels
             v, u = torch.meshgrid(sub, sub, indexing="ij")
             uv1 = torch.stack([u, v, torch.ones_like(u)], -1)  # (n, n, 3)
             xy = torch.einsum("hwk,bjk->bhwj", uv1, torch.stack([inv[i] for i in idx.tolist()]))  # (b, n, n, 2) region pixels
-            hi = torch.stack([sizes[idx, 1], sizes[idx, 0]], -1)[:, None, None] - 1
+            hi = torch.tensor([w - 1.0, h - 1.0], dtype=torch.float64)
             xy = torch.minimum(xy.clamp_min(0), hi)  # border clamp inside each face's own region
             grid = torch.stack([2 * xy[..., 0] / max(w - 1, 1) - 1, 2 * xy[..., 1] / max(h - 1, 1) - 1], -1)
             self.register_buffer(f"grid{k}", grid, persistent=False)  # float64: cast to the faces' dtype when used
-            self.groups.append((f, idx))
+            self.groups.append((f, h, w, idx))
         self.faces = len(matrices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,10 +92,10 @@ class CropView(nn.Module):
             raise ValueError(f"CropView of {self.faces} faces got a batch of {len(x)}")
         copies = len(x) // max(self.faces, 1)
         out = x.new_empty(len(x), x.shape[1], self.size, self.size)
-        for k, (f, idx) in enumerate(self.groups):
+        for k, (f, h, w, idx) in enumerate(self.groups):
             rows = (idx.to(x.device)[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
             grid = getattr(self, f"grid{k}").to(x.dtype).repeat_interleave(copies, 0)
-            crops = F.grid_sample(x[rows], grid, mode="bilinear", padding_mode="border", align_corners=True)
+            crops = F.grid_sample(x[rows, :, :h, :w], grid, mode="bilinear", padding_mode="border", align_corners=True)
             out[rows] = F.avg_pool2d(crops, f) if f > 1 else crops
         return out
 

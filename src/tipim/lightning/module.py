@@ -152,7 +152,7 @@ class ProtectionModule(L.LightningModule):
         if "view_matrices" in batch:  # photo regions: the surrogate sees them through their crops
             from tipim.align.paste import CropView
 
-            view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok], tuple(x_r.shape[-2:])).to(x_r.device)
+            view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok]).to(x_r.device)
         ids = [i for i, good in zip(batch["id"], ok.tolist()) if good]
         rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
         group = self.attack.naturalness.group if self.attack.naturalness is not None else 1
