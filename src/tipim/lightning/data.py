@@ -120,6 +120,14 @@ class ShardedBatches(Sampler[list[int]]):
         return len(self.batches)
 
 
+def by_device(trainer, cpu: int, accelerator: int) -> int:
+    """A default batch size for where the run is: small on a CPU, large on an accelerator (the
+    masks do not depend on it)."""
+    from lightning.pytorch.accelerators import CPUAccelerator
+
+    return cpu if trainer is None or isinstance(trainer.accelerator, CPUAccelerator) else accelerator
+
+
 def collate(rows: list[dict]) -> dict:
     return {
         "id": [r["id"] for r in rows],
@@ -181,12 +189,7 @@ class ProtectDataModule(L.LightningDataModule):
         self.target_names, self.target_images = load_targets(self.targets, self.root)
 
     def resolved_batch_size(self) -> int:
-        if self.batch_size is not None:
-            return self.batch_size
-        from lightning.pytorch.accelerators import CPUAccelerator
-
-        on_cpu = self.trainer is None or isinstance(self.trainer.accelerator, CPUAccelerator)
-        return 8 if on_cpu else 256
+        return self.batch_size if self.batch_size is not None else by_device(self.trainer, 8, 256)
 
     def done_ids(self) -> set[str]:
         return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
