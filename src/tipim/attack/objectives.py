@@ -101,9 +101,8 @@ class Naturalness(nn.Module):
         out = x_p.new_zeros(b)
         if self.gamma == 0:
             return out
-        rng = rng_for(x_p, rng)
         if self.views > 0:
-            p, r = self._views(x_p, x_r, self.views, rng)
+            p, r = self._views(x_p, x_r, self.views, rng_for(x_p, rng))
             return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num)
         if labels is None:
             labels = torch.arange(b, device=x_p.device) // self.group
@@ -114,7 +113,7 @@ class Naturalness(nn.Module):
             idx = order[size[order] == n].view(-1, n)
             if n == 1:
                 one = idx[:, 0]
-                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng.subset(one.tolist()))
+                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng_for(x_p, rng).subset(one.tolist()))
                 out = out.index_put((one,), self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num))
                 continue
             term = mmd(x_p[idx].flatten(2), x_r[idx].flatten(2), self.kernel_mul, self.kernel_num)  # (groups,)

@@ -39,9 +39,6 @@ class PerImageRandom:
         rows = [torch.rand(shape, generator=g, dtype=torch.float64) for g in self.generators]
         return torch.stack(rows).to(self.device, dtype)
 
-    def uniform(self, low: float, high: float, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        return low + (high - low) * self.rand(*shape, dtype=dtype)
-
     def integers(self, low: int, high: int, *shape: int) -> torch.Tensor:
         """(B, *shape) integers in [low, high)."""
         return (low + (self.rand(*shape, dtype=torch.float64) * (high - low)).floor().clamp(max=high - low - 1)).long()

@@ -119,6 +119,11 @@ class ProtectionModule(L.LightningModule):
         self.target_names: list[str] = []
         self.register_buffer("target_embeddings", torch.empty(0), persistent=False)
 
+    @property
+    def mmd_group(self) -> int:
+        """Faces per MMD term (1 when the term is off: then nothing couples faces)."""
+        return self.attack.naturalness.group if self.attack.naturalness is not None else 1
+
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
 
@@ -130,9 +135,9 @@ class ProtectionModule(L.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or dm.target_images is None:
             raise RuntimeError("ProtectionModule needs a ProtectDataModule with a target set")
-        group = self.attack.naturalness.group if self.attack.naturalness is not None else 1
         from tipim.lightning.data import ProtectDataModule
 
+        group = self.mmd_group
         if isinstance(dm, ProtectDataModule) and dm.resolved_batch_size() % group:
             raise ValueError(
                 f"data.batch_size {dm.resolved_batch_size()} is not a multiple of model.mmd_group {group}: the MMD term's groups would "
@@ -155,8 +160,7 @@ class ProtectionModule(L.LightningModule):
             view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok]).to(x_r.device)
         ids = [i for i, good in zip(batch["id"], ok.tolist()) if good]
         rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
-        group = self.attack.naturalness.group if self.attack.naturalness is not None else 1
-        groups = mmd_groups(batch, group)[ok].to(x_r.device)
+        groups = mmd_groups(batch, self.mmd_group)[ok].to(x_r.device)
         start = time.perf_counter()
         with torch.enable_grad():
             r = self.attack(x_r, self.target_embeddings, view=view, rng=rng, groups=groups)
