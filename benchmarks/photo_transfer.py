@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from tipim.zoo.registry import MODELS
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -33,7 +35,7 @@ def main() -> None:
     s = sub.add_parser("score")
     s.add_argument("--field", default="runs/field")
     s.add_argument("--runs", nargs="+", required=True)
-    s.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    s.add_argument("--models", nargs="+", default=list(MODELS), help="recognisers to score with (default: every zoo model)")
     s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
     s.add_argument("--out", required=True)
@@ -43,7 +45,7 @@ def main() -> None:
     t.add_argument("--out", required=True)
     o = sub.add_parser("loo", help="leave-one-out: protect with every zoo model but one, score that one")
     o.add_argument("--field", default="runs/field")
-    o.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    o.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"], help="each is held out in turn (--held-out: only these) and the others make its masks (the committed loo/ runs used these four)")
     o.add_argument("--sizes", type=int, nargs="+", default=[40, 55, 110])
     o.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     o.add_argument("--limit", type=int, default=24, help="people per run (the same seeded subset)")

@@ -14,7 +14,8 @@ ENSEMBLE_EVERY=${ENSEMBLE_EVERY:-1}  # greedy selection every s-th step in the (
 HELD=${HELD:-}                   # ensemble stage: only these held-out models (e.g. to run them in parallel)
 EVALUATE=${EVALUATE:-1}          # 0: protect only (evaluate later, e.g. where all four models are)
 PROTOCOL=$OUT/protocol.json
-MODELS="arcface-mbf sface facenet dlib-resnet"
+MODELS="arcface-mbf sface facenet dlib-resnet"   # surrogates (the ensemble stage leaves each out in turn)
+EVAL_MODELS="$MODELS edgeface-s"                 # edgeface-s never makes a mask here: a black box for every table
 mkdir -p "$OUT" "$RUNS"
 [ -f "$PROTOCOL" ] || $BIN/tipim protocol build --aligned "$ALIGNED" --out "$PROTOCOL" --seed 0
 limit=()
@@ -31,7 +32,7 @@ evaluate() {  # table name, title, runs...
   local table=$1 title=$2; shift 2
   [ "$EVALUATE" = 1 ] || return 0
   echo "$BIN/tipim evaluate --runs $* -> $OUT/$table" >> "$OUT/commands.txt"
-  $BIN/tipim evaluate --protocol "$PROTOCOL" --models $MODELS --out "$OUT/$table" --title "$title" --runs "$@"
+  $BIN/tipim evaluate --protocol "$PROTOCOL" --models $EVAL_MODELS --out "$OUT/$table" --title "$title" --runs "$@"
 }
 
 for stage in $STAGES; do
@@ -67,7 +68,7 @@ for stage in $STAGES; do
       done
       if [ "$EVALUATE" = 1 ]; then
         echo "$BIN/tipim evaluate --pipeline photo --jpeg 0 95 75 --runs $RUNS/tipim-photo{,-robust} -> $OUT/photos" >> "$OUT/commands.txt"
-        $BIN/tipim evaluate --protocol "$PROTOCOL" --models $MODELS --out "$OUT/photos" --pipeline photo --jpeg 0 95 75 \
+        $BIN/tipim evaluate --protocol "$PROTOCOL" --models $EVAL_MODELS --out "$OUT/photos" --pipeline photo --jpeg 0 95 75 \
           --title "Whole photos through an attacker's pipeline (re-encode, re-detect, re-align)" --runs "$RUNS"/tipim-photo{,-robust}
       fi ;;
   esac

@@ -10,7 +10,7 @@ from PIL import Image
 from tipim.align.transform import ARCFACE_TEMPLATE, DLIB150_TEMPLATE
 from tipim.models import Embedder, Ensemble, OnnxEmbedder, TimmEmbedder, TorchScriptEmbedder
 
-ZOO = ["arcface-mbf", "sface", "facenet", "dlib-resnet"]
+ZOO = ["arcface-mbf", "sface", "facenet", "dlib-resnet", "edgeface-s"]
 REF = json.loads((Path(__file__).parent / "data" / "reference_embeddings.json").read_text())
 
 
@@ -42,7 +42,7 @@ def test_embedder_rejects_wrong_input_with_a_clear_message(zoo):
         m(torch.rand(2, 3, 160, 160))
 
 
-@pytest.mark.parametrize("name", ["arcface-mbf", "sface"])
+@pytest.mark.parametrize("name", ["arcface-mbf", "sface", "edgeface-s"])
 def test_onnx_ports_match_onnxruntime_on_real_faces(zoo, lfw, name):
     ort = pytest.importorskip("onnxruntime")
     from tipim.zoo.registry import artifact_path
@@ -55,7 +55,7 @@ def test_onnx_ports_match_onnxruntime_on_real_faces(zoo, lfw, name):
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sess = ort.InferenceSession(str(artifact_path(name)), opts, providers=["CPUExecutionProvider"])
-    # one image at a time: SFace's graph has a fixed batch of 1 (our port takes any batch)
+    # one image at a time: the SFace and EdgeFace graphs were exported at batch 1 (our ports take any batch)
     theirs = np.concatenate([sess.run(None, {sess.get_inputs()[0].name: native[i : i + 1]})[0] for i in range(len(x))])
     assert np.abs(ours - theirs).max() < 1e-4 * max(1.0, np.abs(theirs).max())
 

@@ -307,8 +307,9 @@ def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     assert "3 files not read: 1 a tipim output folder (already protected), 1 hidden file, 1 not a photo (.txt)" in r.stdout
     assert "readme.txt: not a photo (.txt)" in r.stderr
     checked = rows["plain"]["faces"][0]["independent"]  # models that did not make the mask
-    assert rows["plain"]["check_models"] == [m for m in ("sface", "facenet", "dlib-resnet")] and checked["found"]
-    assert set(checked["models"]) == {"sface", "facenet", "dlib-resnet"} and "independent check (sface, facenet, dlib-resnet): " in r.stdout
+    independent = ["sface", "facenet", "dlib-resnet", "edgeface-s"]  # every zoo model but the surrogate
+    assert rows["plain"]["check_models"] == independent and checked["found"]
+    assert set(checked["models"]) == set(independent) and f"independent check ({', '.join(independent)}): " in r.stdout
 
 
 def test_bad_outputs_and_empty_inputs_stop_early_with_a_clear_message(tmp_path):

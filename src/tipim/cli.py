@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from tipim.zoo.registry import MODELS
+
 
 def _models_list(args) -> int:
     from tipim.zoo.registry import MODELS, is_fetched
@@ -54,8 +56,11 @@ def _models_verify(args) -> int:
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        summary = {k: {"accuracy": v["accuracy"], "std": v["std"], "pairs": v["pairs"], "threshold": v["threshold"]} for k, v in results.items()}
-        (out / "lfw_verification.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # models verified earlier keep their rows: verifying one new model does not rerun the others
+        table = out / "lfw_verification.json"
+        summary = json.loads(table.read_text()) if table.is_file() else {}
+        summary.update({k: {"accuracy": v["accuracy"], "std": v["std"], "pairs": v["pairs"], "threshold": v["threshold"]} for k, v in results.items()})
+        table.write_text(json.dumps(summary, indent=2) + "\n")
         from tipim.zoo.registry import MODELS as cards
 
         lines = [
@@ -66,8 +71,9 @@ def _models_verify(args) -> int:
             "| model | accuracy (%) | std (%) | published (%) | pairs | cosine threshold (all pairs) |",
             "|---|---|---|---|---|---|",
         ]
-        for k, v in results.items():
-            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['std']:.2f} | {cards[k].lfw_published} | {v['pairs']} | {v['threshold']:.4f} |")
+        for k, v in summary.items():
+            published = cards[k].lfw_published if k in cards else "-"
+            lines.append(f"| {k} | {100 * v['accuracy']:.2f} | {100 * v['std']:.2f} | {published} | {v['pairs']} | {v['threshold']:.4f} |")
         (out / "lfw_verification.md").write_text("\n".join(lines) + "\n")
         print(f"wrote {out / 'lfw_verification.md'} and {out / 'lfw_verification.json'}")
     return 0
@@ -178,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="rank protected probes against the gallery, per evaluation model")
     e.add_argument("--protocol", required=True)
     e.add_argument("--runs", nargs="+", required=True, help="protection run folders (with manifest.jsonl)")
-    e.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"])
+    e.add_argument("--models", nargs="+", default=list(MODELS), help="evaluation models (default: every zoo model)")
     e.add_argument("--aligned", help="root of the protocol's paths (default: the one it records)")
     e.add_argument("--out", required=True, help="folder for results.json and results.md")
     e.add_argument("--title", default="Identity protection on the LFW protocol")

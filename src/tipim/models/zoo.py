@@ -18,11 +18,34 @@ from tipim.models.base import Embedder
 from tipim.zoo.registry import MODELS, artifact_path
 
 
-def _onnx_to_torch(path: str | Path) -> nn.Module:
+def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
+    """Convert an ONNX graph; ``batch_free`` lets a graph exported at batch 1 take any batch.
+
+    Trailing empty optional inputs (``Clip(x, min, "")``) are dropped, since onnx2torch reads them
+    as missing constants. With ``batch_free``, a constant ``Reshape`` target that starts with 1 (the
+    export's batch) starts with 0 instead, which ONNX reads as "keep the input's first dimension";
+    the zoo test checks the result against onnxruntime image by image.
+    """
+    import warnings
+
     import onnx
+    from onnx import numpy_helper
     from onnx2torch import convert
 
-    return convert(onnx.load(str(path)))
+    # onnx2torch's Slice indexes with a list (a torch deprecation it has not caught up with)
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", category=UserWarning)
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        while node.input and node.input[-1] == "":
+            node.input.pop()
+        if batch_free and node.op_type == "Reshape" and node.input[1] in inits:
+            t = inits[node.input[1]]
+            shape = numpy_helper.to_array(t).copy()
+            if shape.size and shape[0] == 1:
+                shape[0] = 0
+                t.CopyFrom(numpy_helper.from_array(shape, t.name))
+    return convert(model)
 
 
 def _zoo_settings(name: str) -> dict:
@@ -33,6 +56,9 @@ def _zoo_settings(name: str) -> dict:
     if name == "sface":
         net = _onnx_to_torch(artifact_path("sface"))
         return dict(net=net, native_size=112, pixel_scale=255.0)
+    if name == "edgeface-s":
+        net = _onnx_to_torch(artifact_path("edgeface-s"), batch_free=True)
+        return dict(net=net, native_size=112, pixel_scale=1.0, mean=(0.5,) * 3, std=(0.5,) * 3)
     if name == "facenet":
         from tipim.models.keras_h5 import KerasGraph
 

