@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from tipim.attack import (
+    FeatureDropout,
     FixedTarget,
     GreedyInsertion,
     IdentityMaskAttack,
@@ -338,15 +339,19 @@ def test_balanced_ensemble_fools_the_member_with_small_gradients(setup):
     assert min(fooled["balanced"]) == 1.0, fooled
 
 
-@pytest.mark.parametrize("transform", [PostingTransform(base=RandomAffine()), ResizePad(prob=0.7)])
-def test_batch_size_changes_no_face(setup, transform):
+@pytest.mark.parametrize(
+    "transform, dropout", [(PostingTransform(base=RandomAffine()), 0.0), (ResizePad(prob=0.7), 0.0), (None, 0.2)]
+)
+def test_batch_size_changes_no_face(setup, transform, dropout):
     """Everything random and the MMD term on: one batch of 8 equals two of 4 (the MMD groups are
     the same 4 faces), bit for bit in float64, where the kernels themselves are batch-size free."""
     net, _, targets = setup
     net = net.double()
     x_r = smooth_images(8, 5).double()
     seeds = list(range(100, 108))
-    att = IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(every=2), Naturalness(1.0, group=4), transform, random_start=True)
+    att = IdentityMaskAttack(
+        net, MomentumStep(steps=4), GreedyInsertion(every=2), Naturalness(1.0, group=4), transform, random_start=True, feature_dropout=dropout
+    )
     t_emb = att.embed_targets(targets.double())
     one = att(x_r, t_emb, rng=PerImageRandom(seeds))
     two = [att(x_r[i : i + 4], t_emb, rng=PerImageRandom(seeds[i : i + 4])) for i in (0, 4)]
@@ -374,3 +379,24 @@ def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(set
     assert torch.equal(run(len(targets))(x_r, t_emb, rng=PerImageRandom(seeds)).x_p, exact.x_p)  # m >= K: the paper
     with pytest.raises(ValueError, match="shortlist"):
         GreedyInsertion(shortlist=-1)
+
+
+def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):
+    net, x_r, _ = setup
+    clean = net(x_r)
+    drop = FeatureDropout(0.25).attach(net)
+    assert drop.layers == 2 and torch.equal(net(x_r), clean)  # inert outside ``active``
+    seen = []
+    net.conv1.register_forward_hook(lambda m, i, o: seen.append(o))  # after the dropout hook
+    with drop.active(PerImageRandom(range(len(x_r)))):
+        noisy = net(x_r)
+    zeros = float((seen[-1] == 0).float().mean())
+    assert 0.2 < zeros < 0.3 and not torch.allclose(noisy, clean)
+    with drop.active(PerImageRandom(range(len(x_r)))):
+        assert torch.equal(net(x_r), noisy)  # the faces' own streams decide the masks
+    with pytest.raises(ValueError, match="random streams"), drop.active(PerImageRandom(range(2))):
+        net(x_r)
+    with pytest.raises(ValueError, match="no nn.Conv2d"):
+        FeatureDropout(0.1).attach(torch.nn.Linear(3, 3))
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        FeatureDropout(1.0)

@@ -1,6 +1,7 @@
 """TIP-IM and its baselines, composed from small parts (objective, selector, step, transform)."""
 
 from tipim.attack.balance import MemberBalance, member_weights
+from tipim.attack.dropout import FeatureDropout
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
 from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
 from tipim.attack.randomness import PerImageRandom
@@ -10,6 +11,7 @@ from tipim.attack.transforms import PostingTransform, RandomAffine, ResizePad
 
 __all__ = [
     "AttackResult",
+    "FeatureDropout",
     "FixedTarget",
     "GreedyInsertion",
     "IdentityMaskAttack",

@@ -12,6 +12,7 @@ vector-Jacobian products through one graph (``grad_mode='loop'``) or one batched
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tipim.attack.balance import MemberBalance
+from tipim.attack.dropout import FeatureDropout
 from tipim.attack.objectives import Naturalness, gain, identity_distance, relative_identity_loss
 from tipim.attack.randomness import PerImageRandom, rng_for
 from tipim.attack.selection import GreedyInsertion, TargetSelector
@@ -55,6 +57,8 @@ class IdentityMaskAttack(nn.Module):
             None = the plain summed objective. A single surrogate has nothing to balance.
         away: weight of ``D(x_p, x_r)`` in the objective (1 = the paper; see
             ``relative_identity_loss``).
+        feature_dropout: share of the surrogate's convolution outputs dropped in each gradient
+            pass (``FeatureDropout``, DFANet); 0 = off.
     """
 
     def __init__(
@@ -70,6 +74,7 @@ class IdentityMaskAttack(nn.Module):
         channels_last: bool = True,
         balance: MemberBalance | None = None,
         away: float = 1.0,
+        feature_dropout: float = 0.0,
     ):
         super().__init__()
         if grad_mode not in ("loop", "batched"):
@@ -87,6 +92,7 @@ class IdentityMaskAttack(nn.Module):
         self.balance = balance if balance is not None and members is not None and len(members) > 1 else None
         if channels_last:
             self.surrogate.to(memory_format=torch.channels_last)
+        self.dropout = FeatureDropout(feature_dropout).attach(surrogate) if feature_dropout > 0 else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
@@ -181,8 +187,9 @@ class IdentityMaskAttack(nn.Module):
                 x = x.detach().requires_grad_(True)
                 c = see(x)
                 xin = self.transform(c, rng) if self.transform is not None else c
-                parts = self.embed_parts(xin) if self.balance is not None else None
-                n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
+                with self.dropout.active(rng) if self.dropout is not None else nullcontext():
+                    parts = self.embed_parts(xin) if self.balance is not None else None
+                    n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
                 nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):

@@ -64,6 +64,8 @@ class ProtectionModule(L.LightningModule):
             (the paper: the whole batch), so the batch size changes no result; the batch size
             must be a multiple of it.
         transform: input diversity before the surrogate (None = off).
+        feature_dropout: share of the surrogate's convolution outputs dropped in each gradient
+            pass (DFANet's self-ensemble, ``tipim.attack.FeatureDropout``); 0 = off.
         metric: identity distance, ``l2`` or ``cosine``.
         random_start: start at a random point of the eps-ball (PGD).
         grad_mode: ``loop`` or ``batched`` per-target gradients (same result, speed differs).
@@ -89,6 +91,7 @@ class ProtectionModule(L.LightningModule):
         mmd_views: int = 0,
         mmd_group: int = 8,
         transform: nn.Module | None = None,
+        feature_dropout: float = 0.0,
         metric: str = "l2",
         random_start: bool = False,
         grad_mode: str = "loop",
@@ -113,6 +116,7 @@ class ProtectionModule(L.LightningModule):
             grad_mode,
             balance=balance,
             away=away,
+            feature_dropout=feature_dropout,
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
         self.log_images = log_images
