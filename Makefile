@@ -38,8 +38,11 @@ bench: setup ## engine vs the official algorithm's loop, ablations, seconds per 
 	$(BIN)/python benchmarks/bench_presets.py
 	$(BIN)/python benchmarks/bench_detect.py
 
-test: setup ## run the test suite (CPU only; about 5 minutes on 2 cores)
+test: setup ## run the test suite (CPU only; about 4 minutes on 2 cores)
 	$(BIN)/pytest -q
+
+test-quick: setup ## the tests not marked slow (no CLI runs, DDP or notebook): well under a minute
+	$(BIN)/pytest -q -m "not slow"
 
 align-lfw: setup ## align all of LFW from $(LFW) into $(ALIGNED)
 	$(BIN)/tipim data align --src $(LFW) --out $(ALIGNED)
@@ -53,4 +56,4 @@ reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; 
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb
 
-.PHONY: help setup demo bench test align-lfw verify reproduce clean
+.PHONY: help setup demo bench test test-quick align-lfw verify reproduce clean

@@ -22,9 +22,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine, judge, surrogate_success
 from tipim.attack.steps import quantise_within
 from tipim.lightning.data import load_face, load_targets, scan_faces
 from tipim.models import ZooEmbedder
@@ -51,11 +50,9 @@ def run(model, faces, targets, steps, device, dtype, batch, shortlist=0, surroga
     seconds = time.perf_counter() - start
     x_p, x_r = torch.cat(outs), faces.to(device)
     with torch.no_grad():  # judge every setting in fp32
-        e_p, e_r = F.normalize(model(x_p), dim=1), F.normalize(model(x_r), dim=1)
-        d_self = (e_p - e_r).pow(2).sum(1)
-        d_tgt = torch.cdist(e_p, t_emb).pow(2).min(1).values
+        d_r, d_t, _ = judge(model(x_p), model(x_r), t_emb)
     linf = int(((x_p - x_r).abs() * 255).round().max())
-    return seconds, int((d_tgt < d_self).sum()), linf
+    return seconds, int(surrogate_success(d_t, d_r).sum()), linf
 
 
 def main():

@@ -14,9 +14,8 @@ import random
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine, quantise_within
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine, judge, quantise_within, surrogate_success
 from tipim.lightning.data import load_face
 from tipim.models import ZooEmbedder
 
@@ -33,10 +32,8 @@ def pick(aligned: Path, n_faces: int, n_targets: int, seed: int):
 
 @torch.no_grad()
 def protected_rate(model, x_p, x_r, targets) -> float:
-    e = F.normalize(model(x_p), dim=1)
-    d_r = (e - F.normalize(model(x_r), dim=1)).pow(2).sum(1)
-    d_t = torch.cdist(e, F.normalize(model(targets), dim=1)).pow(2).min(1).values
-    return float((d_t < d_r).float().mean())
+    d_r, d_t, _ = judge(model(x_p), model(x_r), model(targets))
+    return float(surrogate_success(d_t, d_r).float().mean())
 
 
 def main():

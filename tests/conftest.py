@@ -1,5 +1,9 @@
+import contextlib
+import io
 import os
+import subprocess
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -41,3 +45,31 @@ def zoo():
         return cache[name]
 
     return get
+
+
+def run_tipim(args, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``tipim ARGS`` in this process, as a finished process: exit code, stdout, stderr.
+
+    It saves the interpreter start, the Lightning import and the model conversion that a fresh
+    ``python -m tipim.cli`` pays on every call. Tests that need a real process (DDP, a killed run,
+    dropped privileges) keep ``subprocess``. ``env`` is applied for the call; its
+    ``OMP_NUM_THREADS`` becomes torch's thread count, as a fresh process would read it.
+    """
+    from tipim.cli import main
+
+    env = dict(env or {})
+    threads = env.pop("OMP_NUM_THREADS", None)
+    out, err = io.StringIO(), io.StringIO()
+    before = torch.get_num_threads()
+    with mock.patch.dict(os.environ, env), contextlib.chdir(REPO), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        if threads:
+            torch.set_num_threads(int(threads))
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse, jsonargparse and sys.exit("message")
+            if isinstance(e.code, str):
+                print(e.code, file=err)
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            torch.set_num_threads(before)
+    return subprocess.CompletedProcess(["tipim", *map(str, args)], code or 0, out.getvalue(), err.getvalue())

@@ -65,6 +65,7 @@ def test_large_photos_are_searched_downscaled_and_answered_in_full_pixels(lfw):
         FaceAligner(detect_size=-1)
 
 
+@pytest.mark.slow
 def test_align_folder_reports_bad_files_and_resumes(lfw, tmp_path):
     from conftest import need_model
 

@@ -18,10 +18,12 @@ from tipim.attack import (
     ResizePad,
     gain,
     identity_distance,
+    judge,
     mmd,
     project,
     quantise_within,
     relative_identity_loss,
+    surrogate_success,
 )
 
 EPS = 12 / 255
@@ -400,3 +402,18 @@ def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):
         FeatureDropout(0.1).attach(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         FeatureDropout(1.0)
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+def test_judge_measures_in_the_attacks_metric_and_success_means_nearer_a_target(metric):
+    torch.manual_seed(3)
+    e_p, e_r, e_t = torch.randn(5, 8), torch.randn(5, 8), 3 * torch.randn(4, 8)  # not normalised
+    d_r, d_t, nearest = judge(e_p, e_r, e_t, metric)
+    direct = lambda a, b: (2 - 2 * F.cosine_similarity(a, b, dim=-1)) / (1 if metric == "l2" else 2)  # noqa: E731
+    for i in range(5):
+        to_targets = torch.stack([direct(e_p[i], t) for t in e_t])
+        assert torch.allclose(d_t[i], to_targets.min(), atol=1e-6) and nearest[i] == to_targets.argmin()
+        assert torch.allclose(d_r[i], direct(e_p[i], e_r[i]), atol=1e-6)
+    on_target = torch.stack([e_t[2] * 0.5, e_r[1]])  # a face moved onto target 2, a face left as it was
+    d_r, d_t, nearest = judge(on_target, torch.stack([e_r[0], e_r[1]]), e_t, metric)
+    assert surrogate_success(d_t, d_r).tolist() == [True, False] and nearest[0] == 2

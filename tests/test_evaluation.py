@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import need_model
+from conftest import need_model, run_tipim
 from tipim.evaluation.metrics import RankSuccess, SetMMD
 from tipim.evaluation.protocol import build_protocol
 
@@ -82,6 +81,7 @@ def _ddp_worker(rank, world, init_file, scores, g, true, tgt, out):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_rank_success_reduces_across_two_processes(tmp_path):
     torch.manual_seed(0)
     scores, g = torch.rand(7, 40), torch.randint(0, 9, (40,))
@@ -122,18 +122,20 @@ def lfw_protocol(lfw, tmp_path_factory):
     return path
 
 
+@pytest.mark.slow
 def test_evaluate_end_to_end_with_wandb_offline(lfw_protocol, tmp_path):
     need_model("arcface-mbf")
     need_model("sface")
     repo = Path(__file__).resolve().parents[1]
     env = os.environ | {"OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     run = tmp_path / "run"
-    cmd = [sys.executable, "-m", "tipim.cli", "protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
-           "--data.faces", str(lfw_protocol), "--data.targets", str(lfw_protocol), "--data.output_dir", str(run),
-           "--model.steps", "10", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
-    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
+                   "--data.faces", lfw_protocol, "--data.targets", lfw_protocol, "--data.output_dir", run,
+                   "--model.steps", "10", "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"],
+                  env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "eval"
+    # a fresh process: W&B keeps a global run
     cmd = [sys.executable, "-m", "tipim.cli", "evaluate", "--protocol", str(lfw_protocol), "--runs", str(run),
            "--models", "arcface-mbf", "sface", "--out", str(out), "--wandb"]
     r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
@@ -158,20 +160,17 @@ def test_evaluate_end_to_end_with_wandb_offline(lfw_protocol, tmp_path):
     assert t["columns"][:3] == ["method", "surrogates", "eval_model"] and len(t["data"]) == 2
 
 
+@pytest.mark.slow
 def test_photo_pipeline_protects_and_ranks_what_an_attacker_sees(lfw_protocol, tmp_path):
     """Whole LFW photos of the probes: protected, then re-encoded, re-detected and re-aligned."""
     need_model("arcface-mbf")
-    repo = Path(__file__).resolve().parents[1]
-    env = os.environ | {"OMP_NUM_THREADS": "2"}
     run = tmp_path / "photos"
-    cmd = [sys.executable, "-m", "tipim.cli", "protect", str(lfw_protocol), "--out", str(run), "--targets", str(lfw_protocol),
-           "--preset", "fast", "--faces", "center", "--data.batch_size", "4", "--model.steps", "10", "--trainer.accelerator", "cpu"]
-    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", lfw_protocol, "--out", run, "--targets", lfw_protocol, "--preset", "fast", "--faces", "center",
+                   "--data.batch_size", "4", "--model.steps", "10", "--trainer.accelerator", "cpu"])
     assert r.returncode == 0, r.stdout + r.stderr
     out = tmp_path / "eval"
-    cmd = [sys.executable, "-m", "tipim.cli", "evaluate", "--protocol", str(lfw_protocol), "--runs", str(run),
-           "--models", "arcface-mbf", "--pipeline", "photo", "--jpeg", "0", "75", "--out", str(out)]
-    r = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["evaluate", "--protocol", lfw_protocol, "--runs", run, "--models", "arcface-mbf", "--pipeline", "photo",
+                   "--jpeg", "0", "75", "--out", out])
     assert r.returncode == 0, r.stdout + r.stderr
     rows = json.loads((out / "results.json").read_text())
     assert [x["method"] for x in rows] == ["tipim-fast @png", "tipim-fast @jpeg75"]

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 
+@pytest.mark.slow
 def test_results_notebook_runs_on_a_tiny_results_folder(tmp_path, monkeypatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import need_model
+from conftest import need_model, run_tipim
 
 TIPIM = [sys.executable, "-m", "tipim.cli"]
 REPO = Path(__file__).resolve().parents[1]
@@ -288,6 +288,7 @@ def photo_run(tmp_path_factory):
     return {"in": root / "in", "out": out, "expected": expected, "result": r, "cmd": cmd, "env": env}
 
 
+@pytest.mark.slow
 def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     r, expected = photo_run["result"], photo_run["expected"]
     assert len(expected) >= 30
@@ -312,12 +313,13 @@ def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     assert set(checked["models"]) == set(independent) and f"independent check ({', '.join(independent)}): " in r.stdout
 
 
+@pytest.mark.slow
 def test_bad_outputs_and_empty_inputs_stop_early_with_a_clear_message(tmp_path):
     need_model("demo")
     env = os.environ | {"OMP_NUM_THREADS": "2"}
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("x")
-    r = subprocess.run([*TIPIM, "protect", str(tmp_path / "empty"), "--out", str(tmp_path / "o")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", tmp_path / "empty", "--out", tmp_path / "o"])
     assert r.returncode == 2 and "no photos in" in r.stderr and "1 not a photo (.txt)" in r.stderr and "HEIC" in r.stderr
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root without setpriv: a read-only folder is writable to root")
@@ -330,15 +332,16 @@ def test_bad_outputs_and_empty_inputs_stop_early_with_a_clear_message(tmp_path):
 
 
 def test_help_leads_with_the_photo_options():
-    r = subprocess.run([*TIPIM, "protect", "--help"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", "--help"])
     assert r.returncode == 0
     for flag in ("--out", "--preset", "--robust", "--format", "--faces", "balanced", "--help-all"):
         assert flag in r.stdout
     assert "max_epochs" not in r.stdout
-    r = subprocess.run([*TIPIM, "protect", "--help-all"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", "--help-all"])
     assert r.returncode == 0 and "--trainer.accelerator" in r.stdout and "--model.surrogates" in r.stdout
 
 
+@pytest.mark.slow
 def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
     from tipim.io import load_rgb
 
@@ -360,6 +363,7 @@ def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
     assert load_rgb(photo_run["out"] / rotated["output"]).shape[:2] == (256, 256)
 
 
+@pytest.mark.slow
 def test_rerun_skips_what_is_done_and_retries_failures(photo_run):
     manifest = photo_run["out"] / "manifest.jsonl"
     before = manifest.read_text().splitlines()
@@ -382,9 +386,8 @@ def test_jpeg_output_and_kept_metadata(tmp_path):
     src = tmp_path / "me.jpg"
     astronaut().save(src, exif=exif, quality=95)
     out = tmp_path / "out"
-    cmd = [*TIPIM, "protect", str(src), "--out", str(out), "--preset", "fast", "--model.steps", "2", "--format", "jpeg",
-           "--quality", "90", "--keep-metadata", "--trainer.accelerator", "cpu"]
-    r = subprocess.run(cmd, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+    r = run_tipim(["protect", src, "--out", out, "--preset", "fast", "--model.steps", "2", "--format", "jpeg",
+                   "--quality", "90", "--keep-metadata", "--trainer.accelerator", "cpu"])
     assert r.returncode == 0, r.stdout + r.stderr
     (row,) = map(json.loads, (out / "manifest.jsonl").read_text().splitlines())
     assert row["output"].endswith(".jpg") and row["linf_before_encoding"] <= 12
@@ -458,6 +461,7 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     assert "| sface | arcface-mbf | 80 | as written | 100 | 0 | met |" in held
 
 
+@pytest.mark.slow
 def test_photos_per_batch_change_no_pixel(tmp_path):
     """Three photos with faces of different sizes, one per batch against all three in one padded
     batch: the same written pixels (float64, where the surrogate's kernels are batch-size free)."""
@@ -471,11 +475,29 @@ def test_photos_per_batch_change_no_pixel(tmp_path):
     outs = {}
     for b in (1, 3):
         outs[b] = tmp_path / f"b{b}"
-        cmd = [*TIPIM, "protect", str(src), "--out", str(outs[b]), "--check", "none", "--model.steps", "3",
-               "--data.batch_size", str(b), "--trainer.precision", "64-true", "--trainer.accelerator", "cpu"]
-        r = subprocess.run(cmd, cwd=REPO, env=os.environ | {"OMP_NUM_THREADS": "2"}, capture_output=True, text=True, timeout=600)
+        r = run_tipim(["protect", src, "--out", outs[b], "--check", "none", "--model.steps", "3",
+                       "--data.batch_size", b, "--trainer.precision", "64-true", "--trainer.accelerator", "cpu"])
         assert r.returncode == 0, r.stdout + r.stderr
     for name in ("a", "b", "c"):
         one, three = (np.asarray(Image.open(outs[b] / "images" / f"{name}.png")) for b in (1, 3))
         assert np.array_equal(one, three), name
         assert np.abs(one.astype(int) - np.asarray(Image.open(src / f"{name}.png").convert("RGB")).astype(int)).max() > 0
+
+
+def test_presets_are_tipim_as_the_method_config_defines_it():
+    """The photo presets (package YAML, so ``pip install .`` has them) differ from
+    configs/method/tipim.yaml only in budget, surrogates and the greedy shortlist."""
+    import yaml
+
+    from tipim.lightning.cli import photo_args, presets
+
+    method = yaml.safe_load((REPO / "configs" / "method" / "tipim.yaml").read_text())["model"]
+    assert set(presets()) == {"fast", "balanced", "strong"}
+    for name, path in presets().items():
+        model = yaml.safe_load(path.read_text())["model"]
+        assert {k: model[k] for k in ("momentum", "gamma")} == {k: method[k] for k in ("momentum", "gamma")}, name
+        assert model["selector"]["class_path"] == method["selector"]["class_path"]
+        assert set(model) <= {"momentum", "gamma", "steps", "surrogates", "selector"}, name  # nothing else sneaks in
+        args = photo_args(["me.jpg", "--preset", name, "--model.steps", "3"])
+        assert args[:2] == ["--config", str(path)] and args[-2:] == ["--model.steps", "3"]  # the user's flags win
+        assert args[args.index("--model.method") + 1] == f"tipim-{name}"

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import need_model
+from conftest import need_model, run_tipim
 
 TIPIM = [sys.executable, "-m", "tipim.cli"]
 
@@ -30,7 +30,9 @@ def demo_data(tmp_path_factory):
     return {"faces": out / "targets", "targets": out / "faces"}
 
 
-def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: bool = False, env: dict | None = None):
+def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: bool = False, env: dict | None = None, fresh: bool = False):
+    """``tipim protect`` on the demo faces: in this process, or in a fresh one where the test
+    needs it (``devices > 1``: DDP; ``background``: to be killed; ``fresh``: W&B's global run)."""
     cmd = [
         *TIPIM, "protect", "--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml",
         "--data.faces", str(demo_data["faces"]), "--data.targets", str(demo_data["targets"]),
@@ -38,7 +40,10 @@ def protect(demo_data, out: Path, *extra: str, devices: int = 1, background: boo
         "--trainer.accelerator", "cpu", "--trainer.devices", str(devices), "--trainer.enable_progress_bar", "false",
         *(["--trainer.strategy", "ddp"] if devices > 1 else []), *extra,
     ]
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"} | (env or {})
+    extra_env = {"OMP_NUM_THREADS": "1"} | (env or {})
+    if devices == 1 and not background and not fresh:
+        return run_tipim(cmd[len(TIPIM) :], env=extra_env)
+    env = os.environ | {"PYTHONUNBUFFERED": "1"} | extra_env
     repo = Path(__file__).resolve().parents[1]
     if background:
         return subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -76,6 +81,7 @@ def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
     assert "10 faces: 10 protected, 0 failed" in r.stdout
 
 
+@pytest.mark.slow
 def test_two_process_ddp_writes_each_face_once_and_matches_one_process(single_run, demo_data, tmp_path):
     ref, _ = single_run
     r = protect(demo_data, tmp_path / "ddp", devices=2)
@@ -87,6 +93,7 @@ def test_two_process_ddp_writes_each_face_once_and_matches_one_process(single_ru
         assert np.array_equal(pixels(tmp_path / "ddp" / x["output"]), pixels(ref / "images" / f"{x['id']}.png")), x["id"]
 
 
+@pytest.mark.slow
 def test_batch_size_and_process_count_change_no_face(demo_data, tmp_path):
     """TIP-IM with every random part and the MMD term on: batch 16 in one process and batch 8 in
     two processes write the same pixels. float64, where the models' kernels are batch-size free
@@ -104,6 +111,7 @@ def test_batch_size_and_process_count_change_no_face(demo_data, tmp_path):
     assert not (tmp_path / "b12" / "manifest.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_data, tmp_path):
     """Killed (SIGKILL) at a known point: the 4th image is written to its temporary file and not
     yet renamed. The resumed run removes the leftover, writes the rest, and every image equals
@@ -158,6 +166,11 @@ def test_unknown_model_and_missing_folder_give_clear_errors(demo_data, tmp_path)
     assert r.returncode == 2 and "unknown zoo model 'resnet-nope'" in r.stderr and "tipim models list" in r.stderr
     r = protect({"faces": tmp_path / "nowhere", "targets": demo_data["targets"]}, tmp_path / "o2")
     assert r.returncode == 2 and "nowhere" in r.stderr
+    r = protect(demo_data, tmp_path / "o3", "--model.norm", "l2")  # each bound in its own unit
+    assert r.returncode == 2 and "model.norm l2 needs model.eps_l2" in r.stderr
+    r = protect(demo_data, tmp_path / "o4", "--model.eps_l2", "0.5")
+    assert r.returncode == 2 and "model.eps_levels (8-bit levels)" in r.stderr
+    assert not (tmp_path / "o3" / "manifest.jsonl").exists() and not (tmp_path / "o4" / "manifest.jsonl").exists()
 
 
 def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
@@ -189,12 +202,13 @@ def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
     assert sur(torch.rand(2, 3, 112, 112)).shape == (2, 512 + 32)
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_logs_attack_statistics_and_only_requested_images(demo_data, tmp_path):
     def run(out, *extra):
         r = protect(
             demo_data, out, "--model.steps", "1", "--data.limit", "2",
             "--trainer.logger", "lightning.pytorch.loggers.WandbLogger",
-            "--trainer.logger.save_dir", str(out), "--trainer.logger.project", "tipim-test", *extra,
+            "--trainer.logger.save_dir", str(out), "--trainer.logger.project", "tipim-test", *extra, fresh=True,
         )
         assert r.returncode == 0, r.stdout + r.stderr
         (run_dir,) = (out / "wandb").glob("offline-run-*")

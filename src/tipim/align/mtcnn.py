@@ -163,7 +163,6 @@ def detect_face(imgs, minsize, pnet, rnet, onet, threshold, factor, device):
 
     scale_picks = []
 
-    all_i = 0
     offset = 0
     for scale in scales:
         im_data = imresample(imgs, (int(h * scale + 1), int(w * scale + 1)))

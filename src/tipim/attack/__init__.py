@@ -3,7 +3,16 @@
 from tipim.attack.balance import MemberBalance, member_weights
 from tipim.attack.dropout import FeatureDropout
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
-from tipim.attack.objectives import Naturalness, gain, gaussian_kernel, identity_distance, mmd, relative_identity_loss
+from tipim.attack.objectives import (
+    Naturalness,
+    gain,
+    gaussian_kernel,
+    identity_distance,
+    judge,
+    mmd,
+    relative_identity_loss,
+    surrogate_success,
+)
 from tipim.attack.randomness import PerImageRandom
 from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
 from tipim.attack.steps import MomentumStep, project, quantise_within
@@ -27,9 +36,11 @@ __all__ = [
     "gain",
     "gaussian_kernel",
     "identity_distance",
+    "judge",
     "member_weights",
     "mmd",
     "project",
     "quantise_within",
     "relative_identity_loss",
+    "surrogate_success",
 ]

@@ -21,7 +21,7 @@ from torch import nn
 
 from tipim.attack.balance import MemberBalance
 from tipim.attack.dropout import FeatureDropout
-from tipim.attack.objectives import Naturalness, gain, identity_distance, relative_identity_loss
+from tipim.attack.objectives import Naturalness, gain, identity_distance, judge, relative_identity_loss
 from tipim.attack.randomness import PerImageRandom, rng_for
 from tipim.attack.selection import GreedyInsertion, TargetSelector
 from tipim.attack.steps import MomentumStep, project
@@ -34,7 +34,7 @@ class AttackResult:
     chosen: torch.Tensor  # (B,) target the last step followed
     changes: torch.Tensor  # (B,) how often the followed target changed
     d_r: torch.Tensor  # (B,) D(x_p, x_r) under the surrogate
-    d_t: torch.Tensor  # (B,) D(x_p, nearest target)
+    d_t: torch.Tensor  # (B,) D(x_p, nearest target); surrogate_success(d_t, d_r) is the success test
     loss: torch.Tensor  # (steps,) mean objective per step
     choice_rank: torch.Tensor  # (greedy steps, B) the chosen target's place by nearness to the face then (0 = nearest)
 
@@ -227,10 +227,7 @@ class IdentityMaskAttack(nn.Module):
                     on_step(t, x.detach(), idx, history[-1])
         x = x.detach()
         with torch.no_grad():
-            e = self.embed(see(x))
-            d_t_all = identity_distance(e[:, None], t_emb[None], self.metric)
-            d_t, nearest = d_t_all.min(1)
-            d_r = identity_distance(e, n_r, self.metric)
+            d_r, d_t, nearest = judge(self.embed(see(x)), n_r, t_emb, self.metric)
         choice_rank = torch.stack(ranks) if ranks else torch.zeros(0, len(x), dtype=torch.long, device=x.device)
         return AttackResult(x, nearest, idx, changes, d_r, d_t, torch.tensor(history), choice_rank)
 

@@ -22,6 +22,19 @@ def identity_distance(a: torch.Tensor, b: torch.Tensor, metric: str = "l2") -> t
     return 2.0 - 2.0 * cos if metric == "l2" else 1.0 - cos
 
 
+def judge(e_p: torch.Tensor, e_r: torch.Tensor, e_t: torch.Tensor, metric: str = "l2") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(d_r, d_t, nearest)`` per face: D to its original, D to its nearest target, that target's
+    index. Embeddings ``e_p``, ``e_r`` (B, D) and targets ``e_t`` (K, D), in the attack's metric."""
+    d_t, nearest = identity_distance(e_p[:, None], e_t[None], metric).min(1)
+    return identity_distance(e_p, e_r, metric), d_t, nearest
+
+
+def surrogate_success(d_t: torch.Tensor, d_r: torch.Tensor) -> torch.Tensor:
+    """The success test on the surrogate (the paper's, and the manifest's ``surrogate_success``):
+    the face is nearer its nearest target than its original photo, ``d_t < d_r`` from ``judge``."""
+    return d_t < d_r
+
+
 def relative_identity_loss(e_p: torch.Tensor, e_t: torch.Tensor, e_r: torch.Tensor, metric: str = "l2", away: float = 1.0) -> torch.Tensor:
     """Per image ``D(x_p, x_t) - away * D(x_p, x_r)``: closer to the target, away from the true
     identity (``away=1``: the paper). A smaller ``away`` spends the budget on reaching the target

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
+from tipim.attack.objectives import surrogate_success
 from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 
 
@@ -73,7 +74,7 @@ class ProtectedImageWriter(ManifestWriter):
                     **({"greedy_places": torch.bincount(prediction["choice_rank"][j]).tolist()} if prediction["choice_rank"].shape[1] else {}),
                     "surrogate_d_r": round(float(prediction["d_r"][j]), 5),
                     "surrogate_d_t": round(float(prediction["d_t"][j]), 5),
-                    "surrogate_success": bool(prediction["d_t"][j] < prediction["d_r"][j]),
+                    "surrogate_success": bool(surrogate_success(prediction["d_t"][j], prediction["d_r"][j])),
                     "linf": linf,
                     "seconds": round(prediction["seconds"] / len(prediction["x_p"]), 3),  # its share of the batch's attack time
                     "status": "ok",
@@ -136,7 +137,7 @@ class AttackStatsLogger(Callback):
             "attack/objective_last": float(outputs["objective"][-1]),
             "attack/d_r": float(outputs["d_r"].mean()),
             "attack/d_t": float(outputs["d_t"].mean()),
-            "attack/surrogate_success": float((outputs["d_t"] < outputs["d_r"]).float().mean()),
+            "attack/surrogate_success": float(surrogate_success(outputs["d_t"], outputs["d_r"]).float().mean()),
             "attack/target_changes": float(outputs["changes"].float().mean()),
             **({"attack/greedy_chose_nearest": float((outputs["choice_rank"] == 0).float().mean())} if outputs["choice_rank"].numel() else {}),
             "attack/faces_per_s": n / max(outputs["seconds"], 1e-9),

@@ -77,16 +77,17 @@ def summarise_photos(output_dir: str | Path, ignored: list | None = None) -> tup
     return line, len(failed)
 
 
-TIPIM = {"method": "tipim", "momentum": 1.0, "gamma": 1.0}
 AFFINE = {"class_path": "tipim.attack.RandomAffine"}
-PRESETS = {  # for people who do not know the method; timings in benchmarks/results/photo_presets.md
-    # shortlist m: greedy insertion tries the m targets nearest each face (all 10 at the first step);
-    # as successful as trying all 10 at a fraction of the cost (results/greedy_shortlist); m = 1 keeps
-    # balanced under ~5 s per photo on a 2-core CPU (benchmarks/results/photo_presets.md)
-    "fast": TIPIM | {"steps": 20, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 5, "shortlist": 2}}},
-    "balanced": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1, "shortlist": 1}}},
-    "strong": TIPIM | {"steps": 50, "surrogates": ["arcface-mbf", "sface"], "selector": {"class_path": "tipim.attack.GreedyInsertion", "init_args": {"every": 1, "shortlist": 3}}},
-}
+PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
+
+
+def presets() -> dict[str, Path]:
+    """The photo presets: ``tipim/presets/<name>.yaml``, model overlays whose first line says what they run."""
+    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.yaml"))}
+
+
+def preset_summary(path: Path) -> str:
+    return path.read_text().splitlines()[0].lstrip("# ").strip()
 
 
 def photo_parser():
@@ -97,11 +98,9 @@ def photo_parser():
         description="Protect photos: every face in each photo gets an identity mask (TIP-IM); the rest of the photo is untouched.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=(
-            "presets (seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
-            "  fast      arcface-mbf, 20 steps, greedy target choice every 5th step among the 2 nearest targets\n"
-            "  balanced  arcface-mbf, 50 steps, greedy choice of all targets at the first step, then the nearest one (default)\n"
-            "  strong    arcface-mbf + sface ensemble, 50 steps, greedy choice every step among the 3 nearest\n"
-            "every preset optimises through re-encoding (--robust) unless --no-robust\n\n"
+            f"presets ({PRESETS_DIR}; seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
+            + "".join(f"  {name:9s} {preset_summary(path)}\n" for name, path in presets().items())
+            + "every preset optimises through re-encoding (--robust) unless --no-robust\n\n"
             "examples:\n"
             "  tipim protect me.jpg                        -> protected/images/me.png\n"
             "  tipim protect holiday/ --out safe/ --preset fast --format jpeg --quality 90\n\n"
@@ -113,7 +112,7 @@ def photo_parser():
     )
     ap.add_argument("photos", nargs="+", help="photo files and/or folders (searched recursively)")
     ap.add_argument("--out", default="protected", help="run folder: images/, manifest.jsonl, config.yaml (default: protected)")
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="balanced", help="fast / balanced (default) / strong, see below")
+    ap.add_argument("--preset", choices=sorted(presets()), default="balanced", help="fast / balanced (default) / strong, see below")
     ap.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
                     help="optimise through JPEG, resizing and shifts, as platforms re-encode photos (default; measured in "
                     "results/photo_transfer: more protection after JPEG 75, about the same as written); --no-robust turns it off")
@@ -135,19 +134,16 @@ def photo_args(argv: list[str]) -> list[str]:
     import json
 
     args, rest = photo_parser().parse_known_args(argv)
-    preset = PRESETS[args.preset]
     transform = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}} if args.robust else AFFINE
     if args.targets is None:
         from tipim.demo import default_targets
 
         args.targets = str(default_targets())
-    out = ["--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
+    out = ["--config", str(presets()[args.preset]), "--data.photos", json.dumps(args.photos), "--data.targets", args.targets, "--data.output_dir", args.out,
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
            "--data.multi", args.faces, "--data.check", args.check,
            *(["--data.detect_size", str(args.detect_size)] if args.detect_size is not None else []), "--model.transform", json.dumps(transform), "--seed_everything", "0"]
-    method = f"tipim-{args.preset}" + ("" if args.robust else "-plain")
-    for k, v in (preset | {"method": method}).items():
-        out += [f"--model.{k}", json.dumps(v) if isinstance(v, (dict, list)) else str(v)]
+    out += ["--model.method", f"tipim-{args.preset}" + ("" if args.robust else "-plain")]
     return out + rest
 
 

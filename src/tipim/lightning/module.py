@@ -51,7 +51,9 @@ class ProtectionModule(L.LightningModule):
             per-member gradient normalisation, the least-fooled member favoured); None = the
             plain summed objective.
         method: the name recorded in the manifest (configs/method/*.yaml set the parts below).
-        eps: L-inf bound in 8-bit levels (12 = 12/255); for ``norm: l2`` the L2 radius in [0, 1] units.
+        eps_levels: the L-inf bound in 8-bit levels (12 = 12/255), the paper's budget; the promise
+            every written image keeps.
+        eps_l2: with ``norm: l2``, the L2 radius in [0, 1] pixel units (and then no 8-bit bound).
         steps: iterations T.
         step_size: ``paper`` (1.5/255), ``official`` (1.5 * eps / T) or a number in [0, 1] units.
         momentum: MI-FGSM decay mu (0 = PGD).
@@ -80,7 +82,8 @@ class ProtectionModule(L.LightningModule):
         surrogate_weights: list[float] | None = None,
         balance: MemberBalance | None = None,
         method: str = "tipim",
-        eps: float = 12.0,
+        eps_levels: float = 12.0,
+        eps_l2: float | None = None,
         steps: int = 50,
         step_size: str | float = "paper",
         momentum: float = 1.0,
@@ -103,8 +106,14 @@ class ProtectionModule(L.LightningModule):
         members = [load_embedder(s) for s in surrogates]
         surrogate = members[0] if len(members) == 1 and surrogate_weights is None else Ensemble(members, surrogate_weights)
         self.surrogate_names = [getattr(m, "name", type(m).__name__) for m in members]
-        eps_unit = eps / 255.0 if norm == "linf" else eps
-        self.eps_8bit = eps if norm == "linf" else None
+        if norm not in ("linf", "l2"):
+            raise ValueError(f"model.norm must be linf or l2, got {norm!r}")
+        if norm == "l2" and eps_l2 is None:
+            raise ValueError("model.norm l2 needs model.eps_l2, the L2 radius in [0, 1] pixel units (e.g. --model.eps_l2 0.5)")
+        if norm == "linf" and eps_l2 is not None:
+            raise ValueError("model.eps_l2 is the radius for model.norm l2; the L-inf bound is model.eps_levels (8-bit levels)")
+        eps_unit = eps_levels / 255.0 if norm == "linf" else eps_l2
+        self.eps_8bit = eps_levels if norm == "linf" else None
         self.attack = IdentityMaskAttack(
             surrogate,
             MomentumStep(eps_unit, steps, step_size, momentum, norm),

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, region_matrix
+from tipim.attack.objectives import surrogate_success
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
 from tipim.io import MAX_PIXELS, READABLE, ImageReadError, append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 from tipim.lightning.callbacks import ManifestWriter, RunProgress
@@ -201,15 +202,12 @@ class ProtectedPhotoWriter(ManifestWriter):
         """Surrogate distances of the written faces, cropped as the aligner crops them
         (``original``: the unprotected crops, same way)."""
         from tipim.align.paste import crop_faces
-        from tipim.attack import identity_distance
+        from tipim.attack import judge
 
         att = pl_module.attack
         dev = pl_module.target_embeddings.device
         e_p = att.embed(crop_faces(protected, matrices).to(dev))
-        e_r = att.embed(original.to(dev))
-        d_r = identity_distance(e_p, e_r, att.metric)
-        d_all = identity_distance(e_p[:, None], pl_module.target_embeddings[None], att.metric)
-        d_t, t = d_all.min(1)
+        d_r, d_t, t = judge(e_p, att.embed(original.to(dev)), pl_module.target_embeddings, att.metric)
         return d_r.cpu(), d_t.cpu(), t.cpu()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
@@ -248,7 +246,7 @@ class ProtectedPhotoWriter(ManifestWriter):
                 d_r, d_t, t = self._check(pl_module, written8, original, m)
                 faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
                           "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
-                          "surrogate_success": bool(d_t[j] < d_r[j])} for j in range(n)]
+                          "surrogate_success": bool(surrogate_success(d_t[j], d_r[j]))} for j in range(n)]
                 if self.checker is not None:
                     clean = (original * 255).round().to(torch.uint8)
                     for face, verdict in zip(faces, self.checker(written8, clean, photo["boxes"])):
