@@ -36,13 +36,13 @@ def photos(folder: Path) -> dict[str, Path]:
 
 
 def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
-    from tipim.lightning.cli import _build, _quiet, photo_args
+    from tipim.lightning.cli import build_cli, _quiet, photo_args
 
     _quiet()
     from tipim.lightning.photos import PhotoDataModule
 
     t0 = time.perf_counter()
-    cli = _build(photo_args([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra]), PhotoDataModule)
+    cli = build_cli(photo_args([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra]), PhotoDataModule)
     t1 = time.perf_counter()
     cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
     t2 = time.perf_counter()

@@ -13,7 +13,8 @@ from tipim.attack.objectives import identity_distance
 
 
 class TargetSelector(nn.Module):
-    gain_reduce: str = "max"
+    """Which target each face follows. Only a selector that ``evaluates_candidates`` (greedy
+    insertion) has a gain to score candidate steps with (``gain_reduce``)."""
 
     def evaluates_candidates(self, step: int) -> bool:
         return False

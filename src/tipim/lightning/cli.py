@@ -185,9 +185,9 @@ def main(argv: list[str] | None = None) -> int:
         if photos:
             from tipim.lightning.photos import PhotoDataModule
 
-            cli = _build(photo_args(argv), PhotoDataModule)
+            cli = build_cli(photo_args(argv), PhotoDataModule)
         else:
-            cli = _build(argv)
+            cli = build_cli(argv)
         if _lead_rank():  # one run per folder; what a killed run left half-written goes first
             lock = RunLock(cli.model.output_dir).acquire()
             remove_partials(cli.model.output_dir)
@@ -208,7 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build(argv: list[str] | None, datamodule=ProtectDataModule) -> ProtectCLI:
+def build_cli(argv: list[str] | None, datamodule=ProtectDataModule) -> ProtectCLI:
+    """``tipim protect``'s LightningCLI for ``argv``, built (model, data, trainer) but not run."""
     return ProtectCLI(
         ProtectionModule,
         datamodule,
