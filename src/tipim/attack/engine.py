@@ -21,7 +21,7 @@ from torch import nn
 
 from tipim.attack.balance import MemberBalance
 from tipim.attack.dropout import FeatureDropout
-from tipim.attack.objectives import Naturalness, gain, identity_distance, judge, relative_identity_loss
+from tipim.attack.objectives import Naturalness, judge, relative_identity_loss
 from tipim.attack.randomness import PerImageRandom, rng_for
 from tipim.attack.selection import GreedyInsertion, TargetSelector
 from tipim.attack.steps import MomentumStep, project
@@ -193,10 +193,9 @@ class IdentityMaskAttack(nn.Module):
                 nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
-                    with torch.no_grad():  # targets by nearness to the face now (untransformed): (B, K)
+                    with torch.no_grad():  # the face now (untransformed) orders the targets to try
                         e_x = self.embed(see(x.detach())) if e_x is None else e_x
-                        near = identity_distance(e_x[:, None], t_emb[None], self.metric).argsort(1)
-                    cand = self.selector.shortlist(near, t)  # (B, m) targets to try, or None: all K
+                    near, cand = self.selector.candidates(e_x, t_emb, self.metric, t)  # cand (B, m), or None: all K
                     if cand is None:
                         grads = self._identity_grads(x, n, n_r, t_emb, None, parts)
                     else:
@@ -206,9 +205,7 @@ class IdentityMaskAttack(nn.Module):
                     x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
                     with torch.no_grad():
                         e_c = self.embed(see(x_c.flatten(0, 1))).view(len(x), grads.shape[1], -1)
-                        d_r = identity_distance(e_c, n_r[:, None], self.metric)
-                        d_t = identity_distance(e_c[:, :, None], t_emb[None, None], self.metric)
-                        best = gain(d_r, d_t, self.selector.gain_reduce).argmax(1)
+                        best = self.selector.best(e_c, n_r, t_emb, self.metric)
                     new = best if cand is None else cand[rows, best]
                     x, g, e_x = x_c[rows, best], g_c[rows, best], e_c[rows, best]
                     ranks.append((near == new[:, None]).long().argmax(1))

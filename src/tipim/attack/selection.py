@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tipim.attack.objectives import identity_distance
+from tipim.attack.objectives import gain, identity_distance
 
 
 class TargetSelector(nn.Module):
@@ -18,11 +18,6 @@ class TargetSelector(nn.Module):
 
     def evaluates_candidates(self, step: int) -> bool:
         return False
-
-    def shortlist(self, nearest: torch.Tensor, step: int) -> torch.Tensor | None:
-        """Targets to try at candidate step ``step``, from (B, K) target indices ordered by
-        nearness to each face: (B, m), or None for all K."""
-        return None
 
     def initial(self, e_r: torch.Tensor, targets: torch.Tensor, metric: str, rng=None) -> torch.Tensor:
         """Target index per image before the first step: the nearest one to the original face
@@ -58,8 +53,18 @@ class GreedyInsertion(TargetSelector):
     def evaluates_candidates(self, step: int) -> bool:
         return step % self.every == 0
 
-    def shortlist(self, nearest: torch.Tensor, step: int) -> torch.Tensor | None:
-        return nearest[:, : self.m] if step > 0 and 0 < self.m < nearest.shape[1] else None
+    def candidates(self, e_x: torch.Tensor, targets: torch.Tensor, metric: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets to try from the face now (``e_x`` (B, D)): every target's index ordered by
+        nearness (B, K), and the shortlist (B, m), or None for all K."""
+        nearest = identity_distance(e_x[:, None], targets[None], metric).argsort(1)
+        return nearest, (nearest[:, : self.m] if step > 0 and 0 < self.m < nearest.shape[1] else None)
+
+    def best(self, e_c: torch.Tensor, e_r: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
+        """Which candidate step each face keeps: the largest gain (Eq. 7) over the candidates'
+        embeddings ``e_c`` (B, C, D), against the originals ``e_r`` (B, D) and all targets."""
+        d_r = identity_distance(e_c, e_r[:, None], metric)
+        d_t = identity_distance(e_c[:, :, None], targets[None, None], metric)
+        return gain(d_r, d_t, self.gain_reduce).argmax(1)
 
 
 class FixedTarget(TargetSelector):
