@@ -39,7 +39,7 @@ def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[
     from tipim.lightning.cli import build_cli, _quiet, photo_args
 
     _quiet()
-    from tipim.lightning.photos import PhotoDataModule
+    from tipim.lightning.photo_data import PhotoDataModule
 
     t0 = time.perf_counter()
     cli = build_cli(photo_args([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra]), PhotoDataModule)

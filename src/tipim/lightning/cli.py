@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     lock = None
     try:
         if photos:
-            from tipim.lightning.photos import PhotoDataModule
+            from tipim.lightning.photo_data import PhotoDataModule
 
             cli = build_cli(photo_args(argv), PhotoDataModule)
         else:

@@ -15,7 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MemberBalance, MomentumStep, Naturalness, PerImageRandom, TargetSelector, quantise_within
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MemberBalance, MomentumStep, Naturalness, PerImageRandom, TargetSelector, judge, quantise_within
 from tipim.models import Ensemble, load_embedder
 
 
@@ -158,6 +158,14 @@ class ProtectionModule(L.LightningModule):
             )
         self.target_names = list(dm.target_names)
         self.target_embeddings = self.attack.embed_targets(dm.target_images.to(self.device, self.dtype))
+
+    @torch.no_grad()
+    def judge_crops(self, crops_p: torch.Tensor, crops_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The surrogate's verdict on protected crops against their originals (e.g. re-cropped
+        from a written photo): ``(d_r, d_t, nearest target)`` per face, on the CPU."""
+        dev = self.target_embeddings.device
+        e_p, e_r = self.attack.embed(crops_p.to(dev)), self.attack.embed(crops_r.to(dev))
+        return tuple(t.cpu() for t in judge(e_p, e_r, self.target_embeddings, self.attack.metric))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)

@@ -1,0 +1,112 @@
+"""Protected photos out: each face's mask pasted back into its photo, the photo written
+atomically at its original size, the 8-bit bound checked on the written file, and one manifest
+line per photo with one entry per face (the surrogate's verdict on the written file, and the
+independent self-check).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tipim.attack.objectives import surrogate_success
+from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb
+from tipim.lightning.callbacks import ManifestWriter
+
+FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+
+
+def _exif_kept(source: str) -> bytes | None:
+    """The source's EXIF with the orientation reset (the pixels are already upright)."""
+    with Image.open(source) as im:
+        exif = im.getexif()
+        if not exif:
+            return None
+        exif[0x0112] = 1
+        return exif.tobytes()
+
+
+class ProtectedPhotoWriter(ManifestWriter):
+    """Pastes each face's mask back into its photo and writes the photo (atomically), then one
+    manifest line per photo. ``linf`` is measured on the written file (PNG, lossless WebP: the
+    bound holds exactly; JPEG/lossy WebP: the codec's own error is added on top, and
+    ``linf_before_encoding`` is the bound that holds). ``faces[k].surrogate_success`` is
+    measured on the written photo re-cropped with the same alignment; ``faces[k].independent``
+    by models that did not make the mask, on the face detected again in the written file."""
+
+    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False, check: str | list[str] = "auto"):
+        super().__init__(output_dir)
+        self.output_format, self.quality, self.keep_metadata, self.check = output_format, quality, keep_metadata, check
+        self.checker = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        from tipim.evaluation.selfcheck import IndependentCheck, independent_models
+
+        names = independent_models(pl_module.surrogate_names, self.check)
+        self.checker = IndependentCheck(names, pl_module.device) if names else None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        from tipim.align.paste import crop_faces, paste_regions
+
+        eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
+        k = 0
+        for photo in prediction["photos"]:
+            n = len(photo["regions"])
+            sl = slice(k, k + n)
+            k += n
+            rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
+                   "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
+                   "rank": trainer.global_rank, "format": self.output_format, "faces": []}
+            if photo["id"] in self.done:
+                continue
+            if photo["error"]:
+                append_jsonl(self.manifest, rec | {"status": photo["status"], "error": photo["error"]})
+                say(photo["error"])
+                continue
+            out = self.output_dir / "images" / f"{photo['id']}{FORMATS[self.output_format]}"
+            try:
+                if eps is None:
+                    raise ValueError("photos need an L-inf bound (norm: linf)")
+                x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"].cpu()  # Lightning moved the batch
+                protected, _ = paste_regions(photo["photo"], x_r, x_p, photo["rects"], eps)
+                exif = _exif_kept(photo["source"]) if self.keep_metadata else None
+                atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
+                src = photo["photo"].astype(np.int16)
+                written = load_rgb(out).astype(np.int16)
+                linf = int(np.abs(written - src).max())
+                lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
+                if lossless and linf > eps:
+                    raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
+                written8, original = written.astype(np.uint8), crop_faces(photo["photo"], m)
+                d_r, d_t, t = pl_module.judge_crops(crop_faces(written8, m), original)  # cropped as the aligner crops
+                faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
+                          "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
+                          "surrogate_success": bool(surrogate_success(d_t[j], d_r[j]))} for j in range(n)]
+                if self.checker is not None:
+                    clean = (original * 255).round().to(torch.uint8)
+                    for face, verdict in zip(faces, self.checker(written8, clean, photo["boxes"])):
+                        face["independent"] = verdict
+                    rec["check_models"] = self.checker.names
+                rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
+                        "linf_before_encoding": int(np.abs(protected.astype(np.int16) - src).max()), "status": "ok", "error": None}
+            except Exception as e:  # one photo never stops the run
+                out.unlink(missing_ok=True)
+                rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
+            append_jsonl(self.manifest, rec)
+            if rec["status"] == "ok":
+                self.done.add(photo["id"])
+            else:
+                say(rec["error"])
+
+
+def say(message: str, what: str = "skipped") -> None:
+    """A problem with one photo, printed above the progress bar; the run goes on."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"{what}: {message}", file=sys.stderr)
+
+
+__all__ = ["FORMATS", "ProtectedPhotoWriter", "say"]
