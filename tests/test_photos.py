@@ -448,14 +448,16 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
             img = Image.open(pick(i)) if pick else Image.new("RGB", (100, 100), "grey")
             img.save(run / "images" / f"{p}.png")
             append_jsonl(run / "manifest.jsonl", {"id": p, "status": "ok", "output": f"images/{p}.png", "method": label,
-                                                  "surrogates": ["arcface-mbf"], "faces": [{"box": [0, 0, 10, 10]}]})
+                                                  "surrogates": ["arcface-mbf"], "faces": [{"box": [0, 0, 40, 40]}]})
     runs = {r.name: r for r in sorted((tmp_path / "runs").iterdir())}
     rows = score_field(tmp_path / "field", runs, {"sface": ZooEmbedder("sface")}, jpegs=(0,))
     got = {r["run"]: r for r in rows}
     assert got["clean"]["protected"] == 0 and got["clean"]["clean_protected"] == 0
     assert got["swapped"]["protected"] == 1 and got["swapped"]["missing"] == 0
     assert got["blank"]["protected"] == 1 and got["blank"]["missing"] == 3
-    assert "| swapped | 80 | as written | 100 |" in markdown(rows)
+    assert got["clean"]["face_psnr"] == 99.0 and got["clean"]["face_ssim"] > 0.999  # written = original
+    assert got["swapped"]["face_ssim"] < 0.9  # somebody else's face
+    assert "| swapped | 80 | as written | 100 |" in markdown(rows) and "| 99.0 | 1.000 |" in markdown(rows)
     held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
     assert "| sface | arcface-mbf | 80 | as written | 0 | 0 | 90 short |" in held
     assert "| sface | arcface-mbf | 80 | as written | 100 | 0 | met |" in held

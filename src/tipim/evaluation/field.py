@@ -98,10 +98,23 @@ def face_psnr(a: np.ndarray, b: np.ndarray, box) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def face_ssim(a: np.ndarray, b: np.ndarray, box) -> float:
+    """SSIM (torchmetrics, Gaussian window 11, on 8-bit RGB) over one face's box; NaN for a box
+    narrower than the window."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    x0, y0 = max(0, x0), max(0, y0)
+    if min(a[y0:y1, x0:x1].shape[:2]) < 11:
+        return float("nan")
+    t = lambda im: torch.from_numpy(np.ascontiguousarray(im[y0:y1, x0:x1])).permute(2, 0, 1)[None].double()  # noqa: E731
+    return float(structural_similarity_index_measure(t(b), t(a), data_range=255.0))
+
+
 def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75)) -> list[dict]:
     """``runs``: label -> photo run folder made from ``photos-<size>`` (label ``name@size``).
     One row per (run, jpeg, model): protection rate, the clean rate on the same photos, missing
-    faces, and the mean PSNR over the protected face boxes."""
+    faces, and the mean PSNR and SSIM over the protected face boxes."""
     from tipim.align.aligner import FaceAligner
     from tipim.evaluation.evaluate import read_run
 
@@ -117,7 +130,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
         tried = {r["id"] for r in read_jsonl(Path(run) / "manifest.jsonl")}  # a run may cover a subset
         people = [p["identity"] for p in field["probes"] if p["identity"] in tried]
         clean_photos = [load_rgb(field_dir / f"photos-{size}" / f"{p}.png") for p in people]
-        written, psnr = [], []
+        written, psnr, ssim = [], [], []
         for p, clean in zip(people, clean_photos):
             r = ok.get(p)
             if r is None:  # not protected: the user would post the photo as it is
@@ -126,6 +139,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
             img = load_rgb(r["output"])
             written.append(img)
             psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
+            ssim += [face_ssim(clean, img, f["box"]) for f in r["faces"]]
         for q in jpegs:
             seen = attacker_crops(written, q, aligner)
             key = (size, q, tuple(people))
@@ -146,6 +160,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
                     "protected": (sum(prot) + missing) / n, "missing": missing,
                     "clean_protected": (sum(cprot) + n - len(cfound)) / n,
                     "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
+                    "face_ssim": float(np.nanmean(ssim)) if ssim and not np.isnan(ssim).all() else None,
                 })
     return rows
 
@@ -154,29 +169,33 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
     """Protection rate (%) per run, face size and re-encoding (rows) and model (columns);
     ``held_out``: run -> its surrogates, whose cells are starred (white box)."""
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = ["| run | face px | JPEG | " + " | ".join(models) + " | clean (" + ", ".join(models) + ") | face PSNR |",
-             "|---|---|---|" + "---|" * len(models) + "---|---|"]
+    lines = ["| run | face px | JPEG | " + " | ".join(models) + " | clean (" + ", ".join(models) + ") | face PSNR | face SSIM |",
+             "|---|---|---|" + "---|" * len(models) + "---|---|---|"]
     keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"]) for r in rows))
     for run, px, q in keys:
         cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"]) == (run, px, q)}
         star = lambda m: "*" if held_out and m in held_out.get(run, []) else ""  # noqa: E731
         vals = " | ".join(f"{100 * cells[m]['protected']:.0f}{star(m)}" for m in models)
         clean = ", ".join(f"{100 * cells[m]['clean_protected']:.0f}" for m in models)
-        psnr = next(iter(cells.values()))["face_psnr"]
-        lines.append(f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | {psnr:.1f} |" if psnr else f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | - |")
+        lines.append(f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | {_quality(next(iter(cells.values())))} |")
     return "\n".join(lines) + "\n"
 
 
 def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
     """The leave-one-out table: one row per (run, face size, re-encoding) with the score of the
     run's held-out model only (rows must hold just that model), and how far it is from ``goal``."""
-    lines = ["| held-out model | masks made on | face px | JPEG | protected (%) | clean (%) | goal | face PSNR |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| held-out model | masks made on | face px | JPEG | protected (%) | clean (%) | goal | face PSNR | face SSIM |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         gap = "met" if r["protected"] >= goal else f"{100 * (goal - r['protected']):.0f} short"
-        psnr = f"{r['face_psnr']:.1f}" if r["face_psnr"] else "-"
         lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | "
-                     f"{100 * r['protected']:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {psnr} |")
+                     f"{100 * r['protected']:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {_quality(r)} |")
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["attacker_crops", "face_psnr", "held_out_markdown", "make_field_set", "markdown", "rank1_protected", "score_field"]
+def _quality(row: dict) -> str:
+    """``PSNR | SSIM`` cells (rows scored before SSIM was measured show ``-``)."""
+    psnr, ssim = row.get("face_psnr"), row.get("face_ssim")
+    return (f"{psnr:.1f}" if psnr else "-") + " | " + (f"{ssim:.3f}" if ssim else "-")
+
+
+__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "rank1_protected", "score_field"]
