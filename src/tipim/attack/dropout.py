@@ -27,16 +27,15 @@ class FeatureDropout:
     the faces batched with it (issue 12). Hooks do nothing outside ``active``.
     """
 
-    def __init__(self, p: float = 0.1, last: int | None = None):
+    def __init__(self, p: float = 0.1):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"feature dropout p must be in [0, 1), got {p}")
-        self.p, self.last = p, last
+        self.p = p
         self._rng: PerImageRandom | None = None
         self.layers = 0
 
     def attach(self, surrogate: nn.Module) -> FeatureDropout:
         convs = [m for m in surrogate.modules() if isinstance(m, nn.Conv2d)]
-        convs = convs[-self.last :] if self.last else convs
         if not convs:
             raise ValueError(f"feature dropout found no nn.Conv2d layer in {type(surrogate).__name__}")
         for m in convs:
@@ -45,7 +44,7 @@ class FeatureDropout:
         return self
 
     def _drop(self, module: nn.Module, inputs, out: torch.Tensor) -> torch.Tensor | None:
-        if self._rng is None or self.p == 0.0:
+        if self._rng is None:
             return None
         if len(self._rng) != len(out):
             raise ValueError(f"feature dropout has {len(self._rng)} random streams for a batch of {len(out)}")

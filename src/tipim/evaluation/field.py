@@ -90,10 +90,15 @@ def rank1_protected(probe: torch.Tensor, identity: str, gallery: torch.Tensor, i
     return ids[int((gallery @ probe).argmax())] != identity
 
 
-def face_psnr(a: np.ndarray, b: np.ndarray, box) -> float:
+def _in_box(box) -> tuple[slice, slice]:
+    """Row and column slices of a face's (x0, y0, x1, y1) box, clipped at the photo's top-left."""
     x0, y0, x1, y1 = (int(round(v)) for v in box)
-    x0, y0 = max(0, x0), max(0, y0)
-    d = (a[y0:y1, x0:x1].astype(np.float64) - b[y0:y1, x0:x1].astype(np.float64)) ** 2
+    return slice(max(0, y0), y1), slice(max(0, x0), x1)
+
+
+def face_psnr(a: np.ndarray, b: np.ndarray, box) -> float:
+    rows, cols = _in_box(box)
+    d = (a[rows, cols].astype(np.float64) - b[rows, cols].astype(np.float64)) ** 2
     mse = float(d.mean()) if d.size else 0.0
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
@@ -103,11 +108,10 @@ def face_ssim(a: np.ndarray, b: np.ndarray, box) -> float:
     narrower than the window."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
-    x0, y0, x1, y1 = (int(round(v)) for v in box)
-    x0, y0 = max(0, x0), max(0, y0)
-    if min(a[y0:y1, x0:x1].shape[:2]) < 11:
+    rows, cols = _in_box(box)
+    if min(a[rows, cols].shape[:2]) < 11:
         return float("nan")
-    t = lambda im: torch.from_numpy(np.ascontiguousarray(im[y0:y1, x0:x1])).permute(2, 0, 1)[None].double()  # noqa: E731
+    t = lambda im: torch.from_numpy(np.ascontiguousarray(im[rows, cols])).permute(2, 0, 1)[None].double()  # noqa: E731
     return float(structural_similarity_index_measure(t(b), t(a), data_range=255.0))
 
 
