@@ -1,31 +1,68 @@
 #!/usr/bin/env bash
-# One short accelerator session (run through the device tool; never needed by the project):
-#  1. engine throughput, fp32 against bf16 autocast, with a CPU baseline on the same machine;
-#  2. a 1-GPU DDP run: the reproduction's table3 stage with --trainer.strategy ddp;
-#  3. the other protect-only stages (gamma, schedule) beside it; evaluated later on the CPU
-#     machine, where all four evaluation models are (facenet is too big to travel).
-# Expects: .whl (kornia, kornia_rs, onnx2torch, jsonargparse, docstring_parser, typeshed_client),
-# .gpu/cache/models/arcface-mbf, .gpu/lfw-aligned (the seeded probe subset and the targets).
+# One lent-accelerator session for issue 12's goals (run through the device tool; the project never
+# needs it). Stages, most important first, each under a share of one deadline so that a slow stage
+# cannot eat the others; every stage writes as it goes, so a cut run still returns its figures:
+#  1. engine throughput by batch and dtype, exact greedy and a shortlist of 1, vmapped gradients
+#     (bench_device.py; CPU baseline in the same run);
+#  2. photos/s: the protocol's 500 probe photos (LFW 250x250, one face) with the balanced preset,
+#     with the independent self-check (the models that travel: edgeface-s) and without it (profiled);
+#  3. the full 500-probe protocol, table3 stage (protect only; evaluated afterwards on the CPU
+#     machine, where every zoo model is);
+#  4. torch.compile of the surrogate against eager, same run.
+# Prepared here by `python benchmarks/device_prep.py` (.gpu: probe crops and photos, the models
+# that fit in one call; .whl: the packages the device image lacks).
 set -uo pipefail
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT/small"
+S=$OUT/small
+PY=${PY:-python3}; ACCEL=${ACCEL:-gpu}; DEV=${DEV:-cuda}            # PY=.venv/bin/python ACCEL=cpu DEV=cpu: a dry run here
+FACES=${FACES:-512}; STEPS=${STEPS:-20}; PHOTOS=${PHOTOS:-256}; PROBES=${PROBES:-}   # PROBES empty: all 500
+[ "$PY" = python3 ] && { python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1; }
 export PYTHONPATH=$PWD/src:/tmp/site TIPIM_CACHE=$PWD/.gpu/cache PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec python3 -c "import sys; from tipim.cli import main; sys.exit(main())" "$@"\n' > /tmp/bin/tipim && chmod +x /tmp/bin/tipim
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, lightning, kornia; print('torch', torch.__version__, 'lightning', lightning.__version__, 'kornia', kornia.__version__, torch.cuda.get_device_name())"
-PROBES=${PROBES:-150}
-common=(BIN=/tmp/bin ALIGNED=.gpu/lfw-aligned PROBES=$PROBES EVALUATE=0 RUNS=/tmp/runs OUT=/tmp/results)
+mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s -c "import sys; from tipim.cli import main; sys.exit(main())" "$@"\n' "$PY" > /tmp/bin/tipim && chmod +x /tmp/bin/tipim
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$S/machine.txt"
+$PY -c "import torch, lightning, kornia; print('torch', torch.__version__, 'lightning', lightning.__version__, 'kornia', kornia.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')" | tee -a "$S/machine.txt"
+DEADLINE=${DEADLINE:-540}; STAGES=${STAGES:-engine photos protocol compile}   # TABLE3=tipim: one method of the protocol stage
+on() { [[ " $STAGES " == *" $1 "* ]]; }
+left() { local l=$((DEADLINE - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }   # min(cap, time left)
+stage() { echo "== $1 took $((SECONDS - $2)) s (rc $3)" | tee -a "$S/stages.txt"; }
+
+s=$SECONDS
+on engine && timeout "$(left 150)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "$STEPS" \
+  --batches 128 512 --shortlists 0 1 --batched-grads --cpu-faces 4 --out "$S/engine" > "$S/engine.log" 2>&1
+on engine && stage engine $s $?
+
+photos() {  # name, extra flags
+  local name=$1; shift
+  local t0=$SECONDS
+  timeout "$(left 90)" "$@" --out "/tmp/photos/$name" --preset balanced --data.limit "$PHOTOS" --data.batch_size 64 --data.num_workers 12 \
+    --trainer.accelerator "$ACCEL" > "$S/photos-$name.log" 2>&1
+  local rc=$? n; n=$(grep -c '"status": "ok"' "/tmp/photos/$name/manifest.jsonl" 2>/dev/null)
+  echo "photos $name: $n ok in $((SECONDS - t0)) s wall (rc $rc; process start included)" | tee -a "$S/stages.txt"
+  cp "/tmp/photos/$name/manifest.jsonl" "$S/photos-$name.manifest.jsonl" 2>/dev/null
+}
+if on photos; then
+s=$SECONDS
+photos check /tmp/bin/tipim protect .gpu/photos
+photos nocheck $PY -m cProfile -o "$S/photos-nocheck.prof" -m tipim.cli protect .gpu/photos --data.check none
+stage photos $s 0
+fi
+
+if on protocol; then
+s=$SECONDS
 mkdir -p /tmp/results && cp results/reproduce/protocol.json /tmp/results/
-start=$SECONDS
-env "${common[@]}" STAGES=table3 PROTECT_ARGS="--trainer.accelerator gpu --trainer.strategy ddp" \
-  timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/table3.log" 2>&1 &
-env "${common[@]}" STAGES=gamma PROTECT_ARGS="--trainer.accelerator gpu" timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/gamma.log" 2>&1 &
-env "${common[@]}" STAGES=schedule PROTECT_ARGS="--trainer.accelerator gpu" timeout "${CHAIN_S:-420}" bash scripts/reproduce.sh > "$OUT/schedule.log" 2>&1 &
-python3 benchmarks/bench_device.py --root .gpu/lfw-aligned --faces "${BENCH_FACES:-256}" --steps 20 --batches 64 256 --shortlists 0 1 --compile --out "$OUT" 2>&1 | tee "$OUT/bench.log"
-wait
-echo "protect stages took $((SECONDS - start)) s"
-for r in /tmp/runs/*; do echo "$(basename "$r"): $(grep -c '"status": "ok"' "$r/manifest.jsonl" 2>/dev/null) ok"; done
-cd /tmp/runs && tar cf "$OUT/runs-a.tar" mim dim mt-dim; tar cf "$OUT/runs-b.tar" center-opt tipim
-tar cf "$OUT/runs-c.tar" tipim-gamma0 tipim-gamma2 tipim-gamma3; tar cf "$OUT/runs-d.tar" tipim-every2 tipim-every5 tipim-every10
-cat "$OUT"/table3.log "$OUT"/gamma.log "$OUT"/schedule.log > "$OUT/stages.log"; rm -f "$OUT"/{table3,gamma,schedule}.log
+env BIN=/tmp/bin ALIGNED=.gpu/lfw-aligned PROBES="$PROBES" EVALUATE=0 RUNS=/tmp/runs OUT=/tmp/results STAGES=table3 \
+  PROTECT_ARGS="--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" timeout "$(left 200)" bash scripts/reproduce.sh > "$S/protocol.log" 2>&1
+stage "protocol (500 probes: ${TABLE3:-mim dim mt-dim center-opt tipim})" $s $?
+pkill -f "tipim.cli" && sleep 2   # timeout stops the script, not the protect process it started
+fi
+for r in /tmp/runs/*; do echo "$(basename "$r"): $(grep -c '"status": "ok"' "$r/manifest.jsonl" 2>/dev/null) ok" | tee -a "$S/stages.txt"; cp "$r/manifest.jsonl" "$S/$(basename "$r").manifest.jsonl"; done
+
+s=$SECONDS
+on compile && timeout "$(left 200)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "${COMPILE_STEPS:-$STEPS}" \
+  --batches 512 --shortlists 1 0 --compile --cpu-faces 4 --out "$S/compile" > "$S/compile.log" 2>&1
+on compile && stage compile $s $?
+
+tar cf "$OUT/small.tar" -C "$OUT" small && rm -rf "$S"
+(cd /tmp/runs 2>/dev/null && tar cf - tipim | split -b 15M - "$OUT/tipim.tar.part-")
+(cd /tmp/runs 2>/dev/null && tar cf - center-opt | split -b 15M - "$OUT/center-opt.tar.part-")
 ls -la "$OUT"

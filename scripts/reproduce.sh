@@ -38,7 +38,7 @@ evaluate() {  # table name, title, runs...
 for stage in $STAGES; do
   case $stage in
     table3)  # methods on the arcface-mbf surrogate
-      for m in mim dim mt-dim center-opt tipim; do protect "$m" "$m"; done
+      for m in ${TABLE3:-mim dim mt-dim center-opt tipim}; do protect "$m" "$m"; done
       evaluate table3 "Methods, arcface-mbf surrogate (Table 3 layout)" "$RUNS"/{mim,dim,mt-dim,center-opt,tipim} ;;
     schedule)  # greedy selection every s-th step: speed against success
       for s in 2 5 10; do protect "tipim-every$s" tipim --model.method "tipim-every$s" --model.selector.init_args.every "$s"; done

@@ -60,8 +60,9 @@ class CropView(nn.Module):
 
     def __init__(self, matrices: torch.Tensor, sizes: torch.Tensor, size: int = ARCFACE_SIZE, max_oversample: int = 8):
         super().__init__()
-        matrices = torch.as_tensor(matrices, dtype=torch.float64)
-        sizes = torch.as_tensor(sizes, dtype=torch.float64)
+        # built on the CPU (small, float64) wherever the batch is; ``.to(device)`` moves the grids
+        matrices = torch.as_tensor(matrices, dtype=torch.float64).detach().cpu()
+        sizes = torch.as_tensor(sizes, dtype=torch.float64).detach().cpu()
         if matrices.dim() != 3 or matrices.shape[1:] != (2, 3) or sizes.shape != (len(matrices), 2):
             raise ValueError(f"CropView needs (B, 2, 3) matrices and (B, 2) sizes, got {tuple(matrices.shape)} and {tuple(sizes.shape)}")
         # each face's own area-resampling factor, so its crop does not depend on its batch mates

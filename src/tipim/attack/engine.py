@@ -219,14 +219,15 @@ class IdentityMaskAttack(nn.Module):
                 idx = new
                 with torch.no_grad():
                     obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric, self.away)
-                    history.append(float((obj + (nat.detach() if nat is not None else 0.0)).mean()))
+                    history.append((obj + (nat.detach() if nat is not None else 0.0)).mean())  # stays on the device: no sync per step
                 if on_step is not None:
-                    on_step(t, x.detach(), idx, history[-1])
+                    on_step(t, x.detach(), idx, float(history[-1]))
         x = x.detach()
         with torch.no_grad():
             d_r, d_t, nearest = judge(self.embed(see(x)), n_r, t_emb, self.metric)
         choice_rank = torch.stack(ranks) if ranks else torch.zeros(0, len(x), dtype=torch.long, device=x.device)
-        return AttackResult(x, nearest, idx, changes, d_r, d_t, torch.tensor(history), choice_rank)
+        loss = torch.stack(history).float().cpu() if history else torch.zeros(0)
+        return AttackResult(x, nearest, idx, changes, d_r, d_t, loss, choice_rank)
 
 
 __all__ = ["AttackResult", "IdentityMaskAttack"]
