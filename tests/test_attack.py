@@ -23,6 +23,7 @@ from tipim.attack import (
     project,
     quantise_within,
     relative_identity_loss,
+    smooth_gradient,
     surrogate_success,
 )
 
@@ -147,6 +148,32 @@ def test_momentum_step_normalises_per_image_and_takes_sign_steps():
     assert MomentumStep(eps=EPS, steps=50, step_size="official").alpha == pytest.approx(1.5 * EPS / 50)
     with pytest.raises(ValueError, match="eps"):
         MomentumStep(eps=12)
+
+
+def test_smooth_gradient_is_a_normalised_gaussian_per_channel():
+    g = torch.zeros(2, 4, 3, 15, 15)  # (B, K, C, H, W): candidate gradients keep their shape
+    g[0, 1, 2, 7, 7] = 1.0
+    out = smooth_gradient(g, 5)
+    assert out.shape == g.shape
+    assert out.sum() == pytest.approx(1.0)  # an impulse away from the border keeps its mass
+    assert out[0, 1, 2].argmax() == 7 * 15 + 7 and out[0, 1, 2, 7, 5] > 0  # spread around it, same channel only
+    assert out[0, 1, :2].abs().sum() == 0 and out[1].abs().sum() == 0
+    assert torch.allclose(out[0, 1, 2], out[0, 1, 2].T)  # isotropic
+    assert torch.equal(smooth_gradient(g, 1), g)
+    for bad in (0, 2, 4):
+        with pytest.raises(ValueError, match="odd"):
+            smooth_gradient(g, bad)
+    with pytest.raises(ValueError, match="odd"):
+        MomentumStep(smooth=4)
+
+
+def test_momentum_step_smooths_before_normalising():
+    grad = torch.randn(3, 3, 12, 12)
+    plain, ti = MomentumStep(eps=EPS), MomentumStep(eps=EPS, smooth=3)
+    g = ti.accumulate(torch.zeros_like(grad), grad)
+    assert torch.allclose(g, plain.accumulate(torch.zeros_like(grad), smooth_gradient(grad, 3)))
+    assert not torch.allclose(g, plain.accumulate(torch.zeros_like(grad), grad))
+    assert torch.allclose(g.abs().flatten(1).sum(1), torch.ones(3))
 
 
 @pytest.mark.parametrize("mode,away", [("loop", 1.0), ("batched", 1.0), ("loop", 0.3)])

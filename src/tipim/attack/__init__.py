@@ -15,7 +15,7 @@ from tipim.attack.objectives import (
 )
 from tipim.attack.randomness import PerImageRandom
 from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
-from tipim.attack.steps import MomentumStep, project, quantise_within
+from tipim.attack.steps import MomentumStep, project, quantise_within, smooth_gradient
 from tipim.attack.transforms import PostingTransform, RandomAffine, ResizePad
 
 __all__ = [
@@ -42,5 +42,6 @@ __all__ = [
     "project",
     "quantise_within",
     "relative_identity_loss",
+    "smooth_gradient",
     "surrogate_success",
 ]

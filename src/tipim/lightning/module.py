@@ -57,6 +57,8 @@ class ProtectionModule(L.LightningModule):
         steps: iterations T.
         step_size: ``paper`` (1.5/255), ``official`` (1.5 * eps / T) or a number in [0, 1] units.
         momentum: MI-FGSM decay mu (0 = PGD).
+        grad_smoothing: odd Gaussian kernel size that smooths each gradient before the momentum
+            step (TI-FGSM, ``tipim.attack.smooth_gradient``), in the mask's pixels; 0 = off.
         norm: ``linf`` or ``l2``.
         selector: how each image picks its target (greedy insertion, fixed, nearest).
         gamma: weight of the MMD naturalness term (0 = off).
@@ -87,6 +89,7 @@ class ProtectionModule(L.LightningModule):
         steps: int = 50,
         step_size: str | float = "paper",
         momentum: float = 1.0,
+        grad_smoothing: int = 0,
         norm: str = "linf",
         selector: TargetSelector | None = None,
         gamma: float = 0.0,
@@ -116,7 +119,7 @@ class ProtectionModule(L.LightningModule):
         self.eps_8bit = eps_levels if norm == "linf" else None
         self.attack = IdentityMaskAttack(
             surrogate,
-            MomentumStep(eps_unit, steps, step_size, momentum, norm),
+            MomentumStep(eps_unit, steps, step_size, momentum, norm, grad_smoothing),
             selector or GreedyInsertion(),
             Naturalness(gamma, mmd_views, group=mmd_group) if gamma > 0 else None,
             transform,
