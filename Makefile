@@ -10,6 +10,8 @@ LFW_LISTS ?= ../shared/data/lfw-lists
 ALIGNED ?= data/lfw-aligned
 PROBES ?=
 STAGES ?= table3 schedule ensemble gamma
+HELD ?=
+ENSEMBLE_EVERY ?= 1
 
 .DEFAULT_GOAL := help
 
@@ -50,8 +52,9 @@ align-lfw: setup ## align all of LFW from $(LFW) into $(ALIGNED)
 verify: align-lfw ## LFW 10-fold verification of every zoo model; writes results/lfw_verification.*
 	$(BIN)/tipim models verify --aligned $(ALIGNED) --pairs $(LFW_LISTS)/pairs.txt --out results
 
-reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; STAGES to pick parts)
-	BIN=$(BIN) ALIGNED=$(ALIGNED) PROBES=$(PROBES) STAGES="$(STAGES)" bash scripts/reproduce.sh
+reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; STAGES to pick parts; `tipim reproduce --help`)
+	$(BIN)/tipim reproduce --aligned $(ALIGNED) --stages $(STAGES) --ensemble-every $(ENSEMBLE_EVERY) \
+	  $(if $(PROBES),--probes $(PROBES)) $(if $(HELD),--held $(HELD))
 
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb

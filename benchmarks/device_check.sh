@@ -50,8 +50,9 @@ fi
 if on protocol; then
 s=$SECONDS
 mkdir -p /tmp/results && cp results/reproduce/protocol.json /tmp/results/
-env BIN=/tmp/bin ALIGNED=.gpu/lfw-aligned PROBES="$PROBES" EVALUATE=0 RUNS=/tmp/runs OUT=/tmp/results STAGES=table3 \
-  PROTECT_ARGS="--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" timeout "$(left 200)" bash scripts/reproduce.sh > "$S/protocol.log" 2>&1
+timeout "$(left 200)" $PY -m tipim.cli reproduce --stages table3 --methods ${TABLE3:-mim dim mt-dim center-opt tipim} --aligned .gpu/lfw-aligned \
+  --out /tmp/results --runs /tmp/runs --no-evaluate --protect-args "--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" ${PROBES:+--probes $PROBES} \
+  > "$S/protocol.log" 2>&1
 stage "protocol (500 probes: ${TABLE3:-mim dim mt-dim center-opt tipim})" $s $?
 pkill -f "tipim.cli" && sleep 2   # timeout stops the script, not the protect process it started
 fi

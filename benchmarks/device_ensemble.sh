@@ -26,14 +26,13 @@ cp -r .gpu/xfer-c/sface .gpu/xfer-c/dlib-resnet "$C"/
 mkdir -p "$C"/facenet && cat "$S"/xfer-a/facenet_keras.h5.part-* "$S"/xfer-b/facenet_keras.h5.part-* > "$C"/facenet/facenet_keras.h5
 rm -rf .gpu/lfw-aligned && mkdir -p .gpu && cp -r "$S"/lfw-aligned .gpu/
 export PYTHONPATH=$PWD/src:/tmp/site TIPIM_CACHE=/tmp/cache PYTHONUNBUFFERED=1 OMP_NUM_THREADS=4
-mkdir -p /tmp/bin && printf '#!/bin/sh\nexec %s -c "import sys; from tipim.cli import main; sys.exit(main())" "$@"\n' "$PY" > /tmp/bin/tipim && chmod +x /tmp/bin/tipim
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
 mkdir -p /tmp/results && cp results/reproduce/protocol.json /tmp/results/
 start=$SECONDS
 for held in arcface-mbf sface facenet dlib-resnet; do
-  env BIN=/tmp/bin ALIGNED=.gpu/lfw-aligned PROBES=${PROBES:-150} EVALUATE=0 RUNS=/tmp/runs OUT=/tmp/results \
-    STAGES=ensemble HELD=$held ENSEMBLE_EVERY=${ENSEMBLE_EVERY:-5} PROTECT_ARGS="--trainer.accelerator $ACCEL $EXTRA" \
-    timeout "${CHAIN_S:-480}" bash scripts/reproduce.sh > "$OUT/$held.log" 2>&1 &
+  timeout "${CHAIN_S:-480}" $PY -m tipim.cli reproduce --stages ensemble --held $held --ensemble-every ${ENSEMBLE_EVERY:-5} \
+    --aligned .gpu/lfw-aligned --probes ${PROBES:-150} --out /tmp/results --runs /tmp/runs --no-evaluate \
+    --protect-args "--trainer.accelerator $ACCEL $EXTRA" > "$OUT/$held.log" 2>&1 &
 done
 wait
 echo "ensemble runs took $((SECONDS - start)) s"

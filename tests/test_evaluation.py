@@ -200,3 +200,52 @@ def test_a_moved_run_reads_its_own_images_not_the_recorded_paths(tmp_path):
     _, ok = read_run(new)
     assert ok["A/A_0001"]["output"] == str(new / "images" / "A" / "A_0001.png")
     assert ok["B/B_0001"]["output"] == str(tmp_path / "elsewhere.png")  # nothing beside it: kept as recorded
+
+
+def test_reproduce_dry_run_lists_every_stage_as_commands_that_can_be_typed_again(tmp_path):
+    import shlex
+
+    out = tmp_path / "out"
+    r = run_tipim(["reproduce", "--probes", "150", "--out", out, "--runs", tmp_path / "runs", "--stages", "table3", "schedule", "ensemble",
+                   "--held", "facenet", "--protect-args", "--trainer.accelerator gpu", "--dry-run"])
+    assert r.returncode == 0, r.stderr
+    lines = [shlex.split(x) for x in r.stdout.splitlines()]
+    assert not out.exists()  # a dry run writes nothing
+    assert lines[0][:3] == ["tipim", "protocol", "build"]  # no protocol.json in --out yet
+    protects = [x for x in lines if x[1] == "protect"]
+    evals = [x for x in lines if x[1] == "evaluate"]
+    names = [Path(x[x.index("--data.output_dir") + 1]).name for x in protects]
+    assert names == ["mim", "dim", "mt-dim", "center-opt", "tipim", "tipim", "tipim-every2", "tipim-every5", "tipim-every10", "tipim-loo-facenet"]
+    for x in protects:
+        assert x[x.index("--data.limit") + 1] == "150" and x[x.index("--trainer.accelerator") + 1] == "gpu" and "..." not in x
+    loo = protects[-1]
+    assert loo[loo.index("--model.surrogates") + 1] == "[arcface-mbf,sface,dlib-resnet]"
+    assert [Path(x[x.index("--out") + 1]).name for x in evals] == ["table3", "schedule", "ensemble"]
+    assert [Path(p).name for p in evals[1][evals[1].index("--runs") + 1:]] == ["tipim", "tipim-every2", "tipim-every5", "tipim-every10"]
+
+
+@pytest.mark.slow
+def test_reproduce_runs_a_stage_records_its_commands_and_configs_and_stops_on_a_failure(lfw_protocol, tmp_path):
+    import shlex
+    import shutil
+
+    need_model("arcface-mbf")
+    out, runs = tmp_path / "out", tmp_path / "runs"
+    out.mkdir()
+    shutil.copy(lfw_protocol, out / "protocol.json")
+    common = ["reproduce", "--stages", "table3", "--methods", "mim", "tipim", "--probes", "2", "--aligned", lfw_protocol.parent,
+              "--out", out, "--runs", runs, "--eval-models", "arcface-mbf"]
+    r = run_tipim([*common, "--protect-args", "--model.steps 2 --trainer.accelerator cpu"], env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads((out / "table3" / "results.json").read_text())
+    assert [(x["method"], x["n_probes"]) for x in rows] == [("mim", 2), ("tipim", 2)]
+    for name in ("mim", "tipim"):  # the resolved config of each run, beside the table
+        cfg = (out / "table3" / "configs" / f"{name}.yaml").read_text()
+        assert "steps: 2" in cfg and f"method: {name}" in cfg
+    recorded = (out / "commands.txt").read_text().splitlines()
+    assert [shlex.split(x)[1] for x in recorded] == ["protect", "protect", "evaluate"]
+    again = run_tipim(shlex.split(recorded[0])[1:])  # typed again: the finished run is resumed, nothing redone
+    assert again.returncode == 0, again.stderr
+    assert sum(1 for _ in (runs / "mim" / "manifest.jsonl").open()) == 2
+    bad = run_tipim([*common, "--protect-args", "--model.no_such_option 1"])
+    assert bad.returncode == 1 and "this step failed" in bad.stderr and "--model.no_such_option" in bad.stderr

@@ -195,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
     e.add_argument("--wandb-project", default="tipim")
     e.set_defaults(func=_evaluate)
+
+    from tipim.reproduce import add_parser as add_reproduce
+
+    add_reproduce(sub)
     return p
 
 
