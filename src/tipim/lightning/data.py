@@ -147,7 +147,56 @@ def seeded_subset(items: list, limit: int | None, seed: int = 0) -> list:
     return sorted(random.Random(seed).sample(items, limit), key=lambda i: i.id)
 
 
-class ProtectDataModule(L.LightningDataModule):
+class RunData(L.LightningDataModule):
+    """What a crop run and a photo run share: the inputs (``find``, sorted by id) cut to a seeded
+    subset, the target set, resumption from the run's ``manifest.jsonl``, and batches dealt whole
+    to the processes (``ShardedBatches``), so 1 or N processes protect the same batches.
+    Subclasses say how inputs are found and read, and which callbacks write the outputs."""
+
+    default_batch = (8, 256)  # (CPU, accelerator) when batch_size is None
+
+    def __init__(self, targets: str, output_dir: str, batch_size: int | None, num_workers: int, limit: int | None,
+                 limit_seed: int, root: str | None):
+        super().__init__()
+        self.targets, self.output_dir, self.root = targets, output_dir, root
+        self.batch_size, self.num_workers, self.limit, self.limit_seed = batch_size, num_workers, limit, limit_seed
+        self.items: list = []
+        self.target_names: list[str] = []
+        self.target_images: torch.Tensor | None = None
+
+    def find(self) -> list:
+        """Every input, each with a unique ``id``; raises with a hint when there is none."""
+        raise NotImplementedError
+
+    def dataset(self) -> Dataset:
+        raise NotImplementedError
+
+    def collate(self, rows: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def output_callbacks(self) -> list:
+        """The writer and progress callbacks that ``ProtectionModule.configure_callbacks`` uses."""
+        raise NotImplementedError
+
+    def setup(self, stage: str | None = None) -> None:
+        self.items = seeded_subset(self.find(), self.limit, self.limit_seed)
+        self.target_names, self.target_images = load_targets(self.targets, self.root)
+
+    def resolved_batch_size(self) -> int:
+        return self.batch_size if self.batch_size is not None else by_device(self.trainer, *self.default_batch)
+
+    def done_ids(self) -> set[str]:
+        return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
+
+    def predict_dataloader(self) -> DataLoader:
+        done = self.done_ids()
+        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
+        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        sampler = ShardedBatches(len(self.items), self.resolved_batch_size(), done_idx, rank, world)
+        return DataLoader(self.dataset(), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate)
+
+
+class ProtectDataModule(RunData):
     """Aligned faces to protect and the target identities.
 
     Args:
@@ -175,31 +224,25 @@ class ProtectDataModule(L.LightningDataModule):
         root: str | None = None,
         limit_seed: int = 0,
     ):
-        super().__init__()
-        self.faces, self.targets, self.output_dir, self.root = faces, targets, output_dir, root
-        self.batch_size, self.num_workers, self.limit, self.limit_seed = batch_size, num_workers, limit, limit_seed
-        self.items: list[FaceItem] = []
-        self.target_names: list[str] = []
-        self.target_images: torch.Tensor | None = None
+        super().__init__(targets, output_dir, batch_size, num_workers, limit, limit_seed, root)
+        self.faces = faces
 
-    def setup(self, stage: str | None = None) -> None:
-        self.items = seeded_subset(scan_faces(self.faces, self.root), self.limit, self.limit_seed)
-        if not self.items:
+    def find(self) -> list[FaceItem]:
+        items = scan_faces(self.faces, self.root)
+        if not items:
             raise ValueError(f"no faces found in {self.faces}")
-        self.target_names, self.target_images = load_targets(self.targets, self.root)
+        return items
 
-    def resolved_batch_size(self) -> int:
-        return self.batch_size if self.batch_size is not None else by_device(self.trainer, 8, 256)
+    def dataset(self) -> Dataset:
+        return FaceFolder(self.items)
 
-    def done_ids(self) -> set[str]:
-        return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
+    def collate(self, rows: list[dict]) -> dict:
+        return collate(rows)
 
-    def predict_dataloader(self) -> DataLoader:
-        done = self.done_ids()
-        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        sampler = ShardedBatches(len(self.items), self.resolved_batch_size(), done_idx, rank, world)
-        return DataLoader(FaceFolder(self.items), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate)
+    def output_callbacks(self) -> list:
+        from tipim.lightning.callbacks import ProtectedImageWriter, RunProgress
+
+        return [ProtectedImageWriter(self.output_dir), RunProgress("face")]
 
 
-__all__ = ["FaceFolder", "FaceItem", "ProtectDataModule", "ShardedBatches", "load_face", "load_targets", "scan_faces"]
+__all__ = ["FaceFolder", "FaceItem", "ProtectDataModule", "RunData", "ShardedBatches", "load_face", "load_targets", "scan_faces"]

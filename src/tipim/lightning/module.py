@@ -143,8 +143,11 @@ class ProtectionModule(L.LightningModule):
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
 
+        from tipim.lightning.data import RunData
+
         dm = self.trainer.datamodule if self._trainer is not None else None
-        writers = dm.output_callbacks() if hasattr(dm, "output_callbacks") else [ProtectedImageWriter(self.output_dir), RunProgress("face")]
+        # a RunData writes its own outputs; any other datamodule of aligned faces gets the crop writer
+        writers = dm.output_callbacks() if isinstance(dm, RunData) else [ProtectedImageWriter(self.output_dir), RunProgress("face")]
         return [*writers, AttackStatsLogger(self.log_images)]
 
     def on_predict_start(self) -> None:

@@ -6,19 +6,16 @@ them back.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, region_matrix
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
-from tipim.io import MAX_PIXELS, READABLE, ImageReadError, load_rgb, read_jsonl
+from tipim.io import MAX_PIXELS, READABLE, ImageReadError, load_rgb
 from tipim.lightning.callbacks import RunProgress
-from tipim.lightning.data import ShardedBatches, by_device, load_targets, seeded_subset
+from tipim.lightning.data import RunData
 from tipim.lightning.photo_writer import FORMATS, ProtectedPhotoWriter, say
 
 NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
@@ -83,7 +80,7 @@ def collate_photos(rows: list[dict]) -> dict:
             "view_sizes": torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2)}
 
 
-class PhotoDataModule(L.LightningDataModule):
+class PhotoDataModule(RunData):
     """Photos to protect (files, folders, or a protocol's probe photos) and the target identities.
 
     Args:
@@ -105,6 +102,8 @@ class PhotoDataModule(L.LightningDataModule):
             resolution; see ``FaceAligner.detect``); masks are still made in full-resolution pixels.
     """
 
+    default_batch = (1, 16)  # photos per batch on a CPU, on an accelerator
+
     def __init__(
         self,
         photos: list[str],
@@ -123,41 +122,35 @@ class PhotoDataModule(L.LightningDataModule):
         check: str | list[str] = "auto",
         detect_size: int = DETECT_SIZE,
     ):
-        super().__init__()
+        super().__init__(targets, output_dir, batch_size, num_workers, limit, limit_seed, root)
         if output_format not in FORMATS:
             raise ValueError(f"output_format must be one of {sorted(FORMATS)}, got {output_format!r}")
-        self.photos, self.targets, self.output_dir, self.root = photos, targets, output_dir, root
-        self.batch_size, self.num_workers, self.multi = batch_size, num_workers, multi
+        self.photos, self.multi = photos, multi
         self.output_format, self.quality, self.keep_metadata, self.max_pixels = output_format, quality, keep_metadata, max_pixels
-        self.limit, self.limit_seed, self.check, self.detect_size = limit, limit_seed, check, detect_size
-        self.items: list[PhotoItem] = []
+        self.check, self.detect_size = check, detect_size
         self.ignored: list[Ignored] = []
-        self.target_names: list[str] = []
-        self.target_images: torch.Tensor | None = None
 
-    def setup(self, stage: str | None = None) -> None:
+    def find(self) -> list[PhotoItem]:
         found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
-        self.items = seeded_subset(found, self.limit, self.limit_seed)
-        if not self.items:
+        if not found:
             why = describe_ignored(self.ignored)
             raise ValueError(f"no photos in {' '.join(map(str, self.photos))}" + (f" ({why})" if why else "") + f"; photos must be {READABLE} files")
         for i in self.ignored[:5]:
             say(f"{i.path}: {i.reason}", "not read")
         if len(self.ignored) > 5:
             say(f"{len(self.ignored) - 5} more files (counted in the summary)", "not read")
-        self.target_names, self.target_images = load_targets(self.targets, self.root)
+        return found
+
+    def dataset(self) -> Dataset:
+        return PhotoFolder(self.items, self.multi, self.max_pixels, self.detect_size)
+
+    def collate(self, rows: list[dict]) -> dict:
+        return collate_photos(rows)
 
     def output_callbacks(self) -> list[Callback]:
         """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
         return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check), RunProgress("photo")]
 
-    def predict_dataloader(self) -> DataLoader:
-        done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
-        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
-        rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-        batch = self.batch_size if self.batch_size is not None else by_device(self.trainer, 1, 16)
-        sampler = ShardedBatches(len(self.items), batch, done_idx, rank, world)
-        return DataLoader(PhotoFolder(self.items, self.multi, self.max_pixels, self.detect_size), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=collate_photos)
 
 
 __all__ = ["PhotoDataModule", "PhotoFolder", "collate_photos"]
