@@ -84,6 +84,7 @@ class CropView(nn.Module):
             xy = torch.minimum(xy.clamp_min(0), hi)  # border clamp inside each face's own region
             grid = torch.stack([2 * xy[..., 0] / max(w - 1, 1) - 1, 2 * xy[..., 1] / max(h - 1, 1) - 1], -1)
             self.register_buffer(f"grid{k}", grid, persistent=False)  # float64: cast to the faces' dtype when used
+            self.register_buffer(f"idx{k}", idx, persistent=False)  # moved with the grids: no copy per call
             self.groups.append((f, h, w, idx))
         self.faces = len(matrices)
 
@@ -93,8 +94,8 @@ class CropView(nn.Module):
             raise ValueError(f"CropView of {self.faces} faces got a batch of {len(x)}")
         copies = len(x) // max(self.faces, 1)
         out = x.new_empty(len(x), x.shape[1], self.size, self.size)
-        for k, (f, h, w, idx) in enumerate(self.groups):
-            rows = (idx.to(x.device)[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
+        for k, (f, h, w, _) in enumerate(self.groups):
+            rows = (getattr(self, f"idx{k}")[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
             grid = getattr(self, f"grid{k}").to(x.dtype).repeat_interleave(copies, 0)
             crops = F.grid_sample(x[rows, :, :h, :w], grid, mode="bilinear", padding_mode="border", align_corners=True)
             out[rows] = F.avg_pool2d(crops, f) if f > 1 else crops

@@ -9,6 +9,15 @@ from collections.abc import Sequence
 import torch
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A CPU tensor on ``device``; to a GPU through pinned memory and an asynchronous copy, so the
+    host does not wait for the GPU's queued work at every draw (a copy from pageable memory does)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 class PerImageRandom:
     """Uniform draws from one ``torch.Generator`` per image (seeded from the image's id by
     ``ProtectionModule``). Every draw is made for every image of the batch in the same order, so
@@ -32,12 +41,14 @@ class PerImageRandom:
     def __len__(self) -> int:
         return len(self.generators)
 
-    def rand(self, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B, *shape) uniform in [0, 1): row b from image b's generator."""
+    def rand(self, *shape: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
+        """(B, *shape) uniform in [0, 1): row b from image b's generator; on ``device`` (default:
+        the streams' device)."""
+        device = self.device if device is None else torch.device(device)
         if not self.generators:
-            return torch.empty(0, *shape, dtype=dtype, device=self.device)
+            return torch.empty(0, *shape, dtype=dtype, device=device)
         rows = [torch.rand(shape, generator=g, dtype=torch.float64) for g in self.generators]
-        return torch.stack(rows).to(self.device, dtype)
+        return to_device(torch.stack(rows).to(dtype), device)
 
     def integers(self, low: int, high: int, *shape: int) -> torch.Tensor:
         """(B, *shape) integers in [low, high)."""
@@ -59,4 +70,4 @@ def rng_for(x: torch.Tensor, rng: PerImageRandom | None) -> PerImageRandom:
     return rng
 
 
-__all__ = ["PerImageRandom", "rng_for"]
+__all__ = ["PerImageRandom", "rng_for", "to_device"]

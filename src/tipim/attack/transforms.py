@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tipim.attack.randomness import PerImageRandom, rng_for
+from tipim.attack.randomness import PerImageRandom, rng_for, to_device
 
 
 def affine_warp(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
@@ -116,24 +116,25 @@ class PostingTransform(nn.Module):
         if self.base is not None:
             x = self.base(x, rng)
         b, _, h, w = x.shape
-        u = rng.rand(5, dtype=torch.float64)  # shift x, shift y, resize factor, quality, JPEG or not
+        # drawn and turned into sizes on the CPU: no per-face read-back from a GPU
+        u = rng.rand(5, dtype=torch.float64, device="cpu")  # shift x, shift y, resize factor, quality, JPEG or not
         if self.shift > 0:
-            t = ((u[:, :2] * (2 * self.shift + 1)).floor() - self.shift).to(x.device, x.dtype)
+            t = to_device(((u[:, :2] * (2 * self.shift + 1)).floor() - self.shift).to(x.dtype), x.device)
             m = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(b, 1, 1)
             m[:, :, 2] = t
             x = KT.warp_affine(x, m, (h, w), padding_mode="border", align_corners=True)
         f = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 2]
-        side = [(max(8, round(h * float(v))), max(8, round(w * float(v)))) if v < 0.99 else None for v in f]
+        side = [(max(8, round(h * v)), max(8, round(w * v))) if v < 0.99 else None for v in f.tolist()]
         parts = []
         for size in sorted({s for s in side if s is not None}):  # one down-and-up resize per size
-            idx = torch.tensor([i for i, s in enumerate(side) if s == size], device=x.device)
+            idx = to_device(torch.tensor([i for i, s in enumerate(side) if s == size]), x.device)
             small = KT.resize(x[idx], size, interpolation="bilinear", antialias=True)
             parts.append((idx, KT.resize(small, (h, w), interpolation="bilinear")))
         if parts:
             x = x.index_put((torch.cat([i for i, _ in parts]),), torch.cat([p for _, p in parts]))
-        q = (self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.device, x.dtype)
+        q = to_device((self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.dtype), x.device)
         y = jpeg_codec_differentiable(x.clamp(0, 1), q)
-        keep = (u[:, 4] < self.jpeg_prob).to(x.device).view(b, 1, 1, 1)
+        keep = to_device(u[:, 4] < self.jpeg_prob, x.device).view(b, 1, 1, 1)
         return torch.where(keep, y, x)
 
 
