@@ -3,6 +3,7 @@
 from tipim.attack.balance import MemberBalance, member_weights
 from tipim.attack.dropout import FeatureDropout
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
+from tipim.attack.linbp import LinearBackward
 from tipim.attack.objectives import (
     Naturalness,
     gain,
@@ -24,6 +25,7 @@ __all__ = [
     "FixedTarget",
     "GreedyInsertion",
     "IdentityMaskAttack",
+    "LinearBackward",
     "MemberBalance",
     "MomentumStep",
     "Naturalness",
