@@ -9,7 +9,6 @@ from tipim.attack import (
     FixedTarget,
     GreedyInsertion,
     IdentityMaskAttack,
-    LinearBackward,
     MomentumStep,
     Naturalness,
     NearestTarget,
@@ -430,32 +429,6 @@ def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):
         FeatureDropout(0.1).attach(torch.nn.Linear(3, 3))
     with pytest.raises(ValueError, match=r"\[0, 1\)"):
         FeatureDropout(1.0)
-
-
-def test_linear_backward_keeps_values_and_passes_the_last_activations_gradient_through():
-    torch.manual_seed(0)
-
-    def net():
-        torch.manual_seed(1)
-        return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.PReLU(), torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
-
-    x = torch.randn(5, 6)
-    plain, lin = net(), net()
-    assert LinearBackward(0.5).attach(lin).layers == 1  # the last of the two activations
-    assert torch.equal(lin(x), plain(x))  # values unchanged
-    xg = x.clone().requires_grad_(True)
-    g_lin = torch.autograd.grad(lin(xg).sum(), xg)[0]
-    ref = torch.nn.Sequential(*[m for i, m in enumerate(net()) if i != 3])  # the ReLU replaced by the identity
-    xr = x.clone().requires_grad_(True)
-    ref_out = ref(xr)
-    g_ref = torch.autograd.grad(ref_out.sum(), xr)[0]
-    assert torch.allclose(g_lin, g_ref, atol=1e-6)
-    assert not torch.allclose(g_lin, torch.autograd.grad(plain(xg).sum(), xg)[0])
-    assert LinearBackward(1.0).attach(net()).layers == 2
-    with pytest.raises(ValueError, match="no activation"):
-        LinearBackward(0.5).attach(torch.nn.Linear(3, 3))
-    with pytest.raises(ValueError, match=r"\(0, 1\]"):
-        LinearBackward(0.0)
 
 
 @pytest.mark.parametrize("metric", ["l2", "cosine"])

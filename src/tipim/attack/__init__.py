@@ -3,7 +3,6 @@
 from tipim.attack.balance import MemberBalance, member_weights
 from tipim.attack.dropout import FeatureDropout
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
-from tipim.attack.linbp import LinearBackward
 from tipim.attack.objectives import (
     Naturalness,
     gain,
@@ -25,7 +24,6 @@ __all__ = [
     "FixedTarget",
     "GreedyInsertion",
     "IdentityMaskAttack",
-    "LinearBackward",
     "MemberBalance",
     "MomentumStep",
     "Naturalness",

@@ -21,7 +21,6 @@ from torch import nn
 
 from tipim.attack.balance import MemberBalance
 from tipim.attack.dropout import FeatureDropout
-from tipim.attack.linbp import LinearBackward
 from tipim.attack.objectives import Naturalness, judge, relative_identity_loss
 from tipim.attack.randomness import PerImageRandom, rng_for
 from tipim.attack.selection import GreedyInsertion, TargetSelector
@@ -60,8 +59,6 @@ class IdentityMaskAttack(nn.Module):
             ``relative_identity_loss``).
         feature_dropout: share of the surrogate's convolution outputs dropped in each gradient
             pass (``FeatureDropout``, DFANet); 0 = off.
-        linear_backward: share of the surrogate's last activations whose backward is the
-            identity (``LinearBackward``, LinBP); 0 = off.
     """
 
     def __init__(
@@ -78,7 +75,6 @@ class IdentityMaskAttack(nn.Module):
         balance: MemberBalance | None = None,
         away: float = 1.0,
         feature_dropout: float = 0.0,
-        linear_backward: float = 0.0,
     ):
         super().__init__()
         if grad_mode not in ("loop", "batched"):
@@ -97,7 +93,6 @@ class IdentityMaskAttack(nn.Module):
         if channels_last:
             self.surrogate.to(memory_format=torch.channels_last)
         self.dropout = FeatureDropout(feature_dropout).attach(surrogate) if feature_dropout > 0 else None
-        self.linear = LinearBackward(linear_backward).attach(surrogate) if linear_backward > 0 else None
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:

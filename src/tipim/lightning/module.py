@@ -70,8 +70,6 @@ class ProtectionModule(L.LightningModule):
         transform: input diversity before the surrogate (None = off).
         feature_dropout: share of the surrogate's convolution outputs dropped in each gradient
             pass (DFANet's self-ensemble, ``tipim.attack.FeatureDropout``); 0 = off.
-        linear_backward: share of the surrogate's last activations (PReLU/ReLU) that pass the
-            gradient as if linear (LinBP, ``tipim.attack.LinearBackward``); 0 = off.
         metric: identity distance, ``l2`` or ``cosine``.
         random_start: start at a random point of the eps-ball (PGD).
         grad_mode: ``loop`` or ``batched`` per-target gradients (same result, speed differs).
@@ -100,7 +98,6 @@ class ProtectionModule(L.LightningModule):
         mmd_group: int = 8,
         transform: nn.Module | None = None,
         feature_dropout: float = 0.0,
-        linear_backward: float = 0.0,
         metric: str = "l2",
         random_start: bool = False,
         grad_mode: str = "loop",
@@ -132,7 +129,6 @@ class ProtectionModule(L.LightningModule):
             balance=balance,
             away=away,
             feature_dropout=feature_dropout,
-            linear_backward=linear_backward,
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
         self.log_images = log_images
