@@ -12,6 +12,8 @@ PROBES ?=
 STAGES ?= table3 schedule ensemble gamma
 HELD ?=
 ENSEMBLE_EVERY ?= 1
+EVALUATE ?= 1
+PROTECT_ARGS ?=
 
 .DEFAULT_GOAL := help
 
@@ -54,7 +56,8 @@ verify: align-lfw ## LFW 10-fold verification of every zoo model; writes results
 
 reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; STAGES to pick parts; `tipim reproduce --help`)
 	$(BIN)/tipim reproduce --aligned $(ALIGNED) --stages $(STAGES) --ensemble-every $(ENSEMBLE_EVERY) \
-	  $(if $(PROBES),--probes $(PROBES)) $(if $(HELD),--held $(HELD))
+	  $(if $(PROBES),--probes $(PROBES)) $(if $(HELD),--held $(HELD)) $(if $(filter 0,$(EVALUATE)),--no-evaluate) \
+	  $(if $(PROTECT_ARGS),--protect-args="$(PROTECT_ARGS)")
 
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb

@@ -23,18 +23,20 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 $PY -c "import torch, lightning, kornia; print('torch', torch.__version__, 'lightning', lightning.__version__, 'kornia', kornia.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no cuda')" | tee -a "$S/machine.txt"
 DEADLINE=${DEADLINE:-540}; STAGES=${STAGES:-engine photos protocol compile}   # TABLE3=tipim: one method of the protocol stage
 on() { [[ " $STAGES " == *" $1 "* ]]; }
-left() { local l=$((DEADLINE - SECONDS)); [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }   # min(cap, time left)
+left() { local l=$((DEADLINE - SECONDS)); [ "$l" -lt 1 ] && l=1; [ "$l" -lt "$1" ] && echo "$l" || echo "$1"; }   # min(cap, time left), >= 1
+# Lightning's predict loop only logs SIGTERM, so every limit is followed by SIGKILL (-k): a cut
+# protect process must not keep its GPU memory into the next stage
 stage() { echo "== $1 took $((SECONDS - $2)) s (rc $3)" | tee -a "$S/stages.txt"; }
 
 s=$SECONDS
-on engine && timeout "$(left 150)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "$STEPS" \
+on engine && timeout -k 10 "$(left 150)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "$STEPS" \
   --batches 128 512 --shortlists 0 1 --batched-grads --cpu-faces 4 --out "$S/engine" > "$S/engine.log" 2>&1
-on engine && stage engine $s $?
+rc=$?; on engine && stage engine $s $rc
 
 photos() {  # name, extra flags
   local name=$1; shift
   local t0=$SECONDS
-  timeout "$(left 90)" "$@" --out "/tmp/photos/$name" --preset balanced --data.limit "$PHOTOS" --data.batch_size 64 --data.num_workers 12 \
+  timeout -k 10 "$(left 90)" "$@" --out "/tmp/photos/$name" --preset balanced --data.limit "$PHOTOS" --data.batch_size 64 --data.num_workers 12 \
     --trainer.accelerator "$ACCEL" > "$S/photos-$name.log" 2>&1
   local rc=$? n; n=$(grep -c '"status": "ok"' "/tmp/photos/$name/manifest.jsonl" 2>/dev/null)
   echo "photos $name: $n ok in $((SECONDS - t0)) s wall (rc $rc; process start included)" | tee -a "$S/stages.txt"
@@ -50,18 +52,17 @@ fi
 if on protocol; then
 s=$SECONDS
 mkdir -p /tmp/results && cp results/reproduce/protocol.json /tmp/results/
-timeout "$(left 200)" $PY -m tipim.cli reproduce --stages table3 --methods ${TABLE3:-mim dim mt-dim center-opt tipim} --aligned .gpu/lfw-aligned \
-  --out /tmp/results --runs /tmp/runs --no-evaluate --protect-args "--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" ${PROBES:+--probes $PROBES} \
+timeout -k 10 "$(left 200)" $PY -m tipim.cli reproduce --stages table3 --methods ${TABLE3:-mim dim mt-dim center-opt tipim} --aligned .gpu/lfw-aligned \
+  --out /tmp/results --runs /tmp/runs --no-evaluate --protect-args="--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" ${PROBES:+--probes $PROBES} \
   > "$S/protocol.log" 2>&1
-stage "protocol (500 probes: ${TABLE3:-mim dim mt-dim center-opt tipim})" $s $?
-pkill -f "tipim.cli" && sleep 2   # timeout stops the script, not the protect process it started
+rc=$?; stage "protocol (500 probes: ${TABLE3:-mim dim mt-dim center-opt tipim})" $s $rc
 fi
 for r in /tmp/runs/*; do echo "$(basename "$r"): $(grep -c '"status": "ok"' "$r/manifest.jsonl" 2>/dev/null) ok" | tee -a "$S/stages.txt"; cp "$r/manifest.jsonl" "$S/$(basename "$r").manifest.jsonl"; done
 
 s=$SECONDS
-on compile && timeout "$(left 200)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "${COMPILE_STEPS:-$STEPS}" \
+on compile && timeout -k 10 "$(left 200)" $PY benchmarks/bench_device.py --device "$DEV" --root .gpu/lfw-aligned --faces "$FACES" --steps "${COMPILE_STEPS:-$STEPS}" \
   --batches 512 --shortlists 1 0 --compile --cpu-faces 4 --out "$S/compile" > "$S/compile.log" 2>&1
-on compile && stage compile $s $?
+rc=$?; on compile && stage compile $s $rc
 
 tar cf "$OUT/small.tar" -C "$OUT" small && rm -rf "$S"
 (cd /tmp/runs 2>/dev/null && tar cf - tipim | split -b 15M - "$OUT/tipim.tar.part-")

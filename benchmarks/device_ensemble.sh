@@ -32,7 +32,7 @@ start=$SECONDS
 for held in arcface-mbf sface facenet dlib-resnet; do
   timeout "${CHAIN_S:-480}" $PY -m tipim.cli reproduce --stages ensemble --held $held --ensemble-every ${ENSEMBLE_EVERY:-5} \
     --aligned .gpu/lfw-aligned --probes ${PROBES:-150} --out /tmp/results --runs /tmp/runs --no-evaluate \
-    --protect-args "--trainer.accelerator $ACCEL $EXTRA" > "$OUT/$held.log" 2>&1 &
+    --protect-args="--trainer.accelerator $ACCEL $EXTRA" > "$OUT/$held.log" 2>&1 &
 done
 wait
 echo "ensemble runs took $((SECONDS - start)) s"

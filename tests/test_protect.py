@@ -225,3 +225,17 @@ def test_wandb_offline_run_logs_attack_statistics_and_only_requested_images(demo
         assert key in logged, key
     assert not list(plain.rglob("*.png"))  # no face leaves the machine unless asked
     assert len(list(with_faces.rglob("media/images/faces/*.png"))) == 2
+
+
+def test_a_limit_below_one_is_refused_with_its_name(tmp_path):
+    from tipim.lightning.data import ProtectDataModule
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    Image.fromarray(np.full((112, 112, 3), 128, np.uint8)).save(faces / "a.png")
+    dm = ProtectDataModule(str(faces), str(faces), output_dir=str(tmp_path / "run"), limit=0)
+    with pytest.raises(ValueError, match="data.limit must be at least 1"):
+        dm.setup()
+    dm = ProtectDataModule(str(faces), str(faces), output_dir=str(tmp_path / "run"), limit=1)
+    dm.setup()
+    assert [i.id for i in dm.items] == ["a"] and dm.target_names == ["a"]

@@ -144,7 +144,7 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--held", nargs="+", choices=SURROGATES, help="ensemble stage: only these held-out models (default: each)")
     p.add_argument("--ensemble-every", type=int, default=1, help="ensemble stage: greedy choice every s-th step (about 5x dearer)")
     p.add_argument("--eval-models", nargs="+", default=EVAL_MODELS, help="evaluation models")
-    p.add_argument("--protect-args", default="", help='extra flags for every protect run, e.g. "--trainer.accelerator gpu"')
+    p.add_argument("--protect-args", default="", help='extra flags for every protect run, written with "=": --protect-args="--trainer.accelerator gpu"')
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="protect only (evaluate later, where every model is)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     p.set_defaults(func=main)

@@ -179,6 +179,8 @@ class RunData(L.LightningDataModule):
         raise NotImplementedError
 
     def setup(self, stage: str | None = None) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"data.limit must be at least 1 (or unset for every input), got {self.limit}")
         self.items = seeded_subset(self.find(), self.limit, self.limit_seed)
         self.target_names, self.target_images = load_targets(self.targets, self.root)
 
