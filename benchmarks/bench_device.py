@@ -110,7 +110,9 @@ def main():
               f"success {ok}/{n}  linf {linf}  nearest {nearest:.3f}", flush=True)
         write()
 
-    label = lambda m: "exact" if m == 0 else f"shortlist{m}"  # noqa: E731
+    def label(m: int) -> str:
+        return "exact" if m == 0 else f"shortlist{m}"
+
     cpu = torch.device("cpu")
     record("cpu", "fp32", 8, a.cpu_faces, run(model, faces[: a.cpu_faces], targets, a.steps, cpu, "fp32", 8))
     run(model, faces[:8], targets, 2, device, "fp32", 8)  # warm-up: kernels, allocator

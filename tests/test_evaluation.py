@@ -3,6 +3,8 @@ and `tipim evaluate` end to end on real LFW faces with a W&B offline run read ba
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,8 +205,6 @@ def test_a_moved_run_reads_its_own_images_not_the_recorded_paths(tmp_path):
 
 
 def test_reproduce_dry_run_lists_every_stage_as_commands_that_can_be_typed_again(tmp_path):
-    import shlex
-
     out = tmp_path / "out"
     r = run_tipim(["reproduce", "--probes", "150", "--out", out, "--runs", tmp_path / "runs", "--stages", "table3", "schedule", "ensemble",
                    "--held", "facenet", "--protect-args", "--trainer.accelerator gpu", "--dry-run"])
@@ -226,9 +226,6 @@ def test_reproduce_dry_run_lists_every_stage_as_commands_that_can_be_typed_again
 
 @pytest.mark.slow
 def test_reproduce_runs_a_stage_records_its_commands_and_configs_and_stops_on_a_failure(lfw_protocol, tmp_path):
-    import shlex
-    import shutil
-
     need_model("arcface-mbf")
     out, runs = tmp_path / "out", tmp_path / "runs"
     out.mkdir()

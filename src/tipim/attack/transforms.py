@@ -8,7 +8,6 @@ without ``rng`` the streams are seeded from torch's global generator.
 
 from __future__ import annotations
 
-
 import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F

@@ -142,7 +142,6 @@ class ProtectionModule(L.LightningModule):
 
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
-
         from tipim.lightning.data import RunData
 
         dm = self.trainer.datamodule if self._trainer is not None else None
