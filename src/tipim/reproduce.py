@@ -117,6 +117,8 @@ def run(plan: Plan, chosen: list[Stage], evaluate: bool = True, dry: bool = Fals
         plan.runs.mkdir(parents=True, exist_ok=True)
         log = plan.out / "commands.txt"
     if not plan.protocol.is_file():
+        if not dry and not plan.aligned.is_dir():
+            raise RuntimeError(f"no aligned LFW at {plan.aligned}: make it with `make align-lfw` (or pass --aligned DIR)")
         _call(plan.build_protocol(), log, dry)
     for stage in chosen:
         for r in stage.runs:
