@@ -410,6 +410,28 @@ def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(set
         GreedyInsertion(shortlist=-1)
 
 
+def test_shortlist_of_one_follows_the_steps_own_embedding_without_a_candidate_forward(setup):
+    """After the first step one candidate is left: no forward scores it; each face follows the
+    target nearest the embedding its gradient pass saw (through the transform), as MT-DIM does."""
+    net, _, targets = setup
+    x_r, steps = smooth_images(4, 3), 5
+    grad_pass, no_grad = [], []
+    net.register_forward_hook(lambda m, i, o: (grad_pass if torch.is_grad_enabled() else no_grad).append(o.detach()))
+    runs = {}
+    for m in (1, 2):
+        att = IdentityMaskAttack(net, MomentumStep(steps=steps), GreedyInsertion(shortlist=m), transform=RandomAffine(prob=1.0))
+        t_emb = att.embed_targets(targets)
+        grad_pass.clear(), no_grad.clear()
+        chosen = []
+        att(x_r, t_emb, rng=PerImageRandom(list(range(4))), on_step=lambda t, x, idx, obj: chosen.append(idx.clone()))
+        runs[m] = len(no_grad)
+        if m == 1:
+            assert len(grad_pass) == steps
+            for t in range(1, steps):
+                assert torch.equal(chosen[t], identity_distance(grad_pass[t][:, None], t_emb[None], att.metric).argmin(1))
+    assert runs[2] - runs[1] == steps - 1  # one candidate forward per step after the first, saved
+
+
 def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):
     net, x_r, _ = setup
     clean = net(x_r)

@@ -38,6 +38,12 @@ class GreedyInsertion(TargetSelector):
     and m candidate forwards instead of K. It makes the paper's choice whenever that choice is
     among the m nearest (``AttackResult.choice_rank`` < m), which after the first step it nearly
     always is (results/greedy_shortlist).
+
+    ``shortlist=1`` has nothing left to score after the first step: each face follows the target
+    nearest the embedding the step's gradient pass already computed (through the input transform,
+    if any; MT-DIM's rule), so it skips the candidate forward too (one surrogate forward per step
+    fewer). Without an input transform that embedding is the face's own, and the choices are
+    those of ``shortlist=1`` with candidate forwards, bit for bit.
     """
 
     def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0):
@@ -51,7 +57,12 @@ class GreedyInsertion(TargetSelector):
         self.gain_reduce, self.every, self.m = gain, every, shortlist
 
     def evaluates_candidates(self, step: int) -> bool:
-        return step % self.every == 0
+        return step % self.every == 0 and (step == 0 or self.m != 1)
+
+    def assign(self, step, e_x, targets, current, metric):
+        if self.m == 1 and step > 0:  # the nearest target to the step's own embedding: no candidate forward
+            return identity_distance(e_x.detach()[:, None], targets[None], metric).argmin(1)
+        return current
 
     def candidates(self, e_x: torch.Tensor, targets: torch.Tensor, metric: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The targets to try from the face now (``e_x`` (B, D)): every target's index ordered by
