@@ -96,22 +96,16 @@ class CropView(nn.Module):
             self.groups.append((samples, box, h, w, idx))
         self.faces = len(matrices)
 
-    def forward(self, x: torch.Tensor, before=None, rng=None) -> torch.Tensor:
-        """``x`` (B * n, 3, H, W), n copies of each face in a row (candidate steps) -> crops.
-        ``before(regions, rng)``: what happens to each face's own photo pixels (unpadded) before
-        it is cropped, e.g. ``PostingTransform.post``; ``rng`` the faces' streams (n = 1)."""
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` (B * n, 3, H, W), n copies of each face in a row (candidate steps) -> crops."""
         if len(x) % max(self.faces, 1):
             raise ValueError(f"CropView of {self.faces} faces got a batch of {len(x)}")
         copies = len(x) // max(self.faces, 1)
-        if before is not None and copies != 1:
-            raise ValueError("CropView applies a photo transform to one copy of each face only")
         out = x.new_empty(len(x), x.shape[1], self.size, self.size)
         for k, (f, box, h, w, _) in enumerate(self.groups):
             rows = (getattr(self, f"idx{k}")[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
             grid = getattr(self, f"grid{k}").to(x.dtype).repeat_interleave(copies, 0)
             region = x[rows, :, :h, :w]
-            if before is not None:
-                region = before(region, rng.subset(self.groups[k][4].tolist()))  # n = 1: rows are the faces (CPU copy)
             if box > 1:  # the edge repeated up to whole boxes, as the border clamp does
                 region = F.avg_pool2d(F.pad(region, (0, -w % box, 0, -h % box), mode="replicate"), box)
             crops = F.grid_sample(region, grid, mode="bilinear", padding_mode="border", align_corners=True)

@@ -186,11 +186,7 @@ class IdentityMaskAttack(nn.Module):
             for t in range(steps):
                 x = x.detach().requires_grad_(True)
                 c = see(x)
-                if view is not None and getattr(self.transform, "where", "crop") == "photo":  # re-encoded in photo pixels
-                    xin = view(x, before=self.transform.post, rng=rng)
-                    xin = self.transform.base(xin, rng) if self.transform.base is not None else xin
-                else:
-                    xin = self.transform(c, rng) if self.transform is not None else c
+                xin = self.transform(c, rng) if self.transform is not None else c
                 with self.dropout.active(rng) if self.dropout is not None else nullcontext():
                     parts = self.embed_parts(xin) if self.balance is not None else None
                     n = torch.cat(parts, -1) if parts is not None else self.embed(xin)

@@ -93,9 +93,6 @@ class PostingTransform(nn.Module):
         jpeg_prob: share of images that go through JPEG at each step.
         scale: range of the down-scale factor before resizing back (1 = no resize).
         shift: largest shift in pixels (each axis).
-        where: ``crop``: all of it on the aligned crop the surrogate sees; ``photo``: with faces
-            held as photo regions (``CropView``), the resize and JPEG act on each face's own photo
-            pixels, as a platform's do, and ``base`` on the crop after.
     """
 
     def __init__(
@@ -105,25 +102,18 @@ class PostingTransform(nn.Module):
         scale: tuple[float, float] = (0.6, 1.0),
         shift: int = 3,
         base: nn.Module | None = None,
-        where: str = "crop",
     ):
         super().__init__()
         if not 1 <= quality[0] <= quality[1] <= 100:
             raise ValueError(f"quality must be a range inside [1, 100], got {quality}")
-        if where not in ("crop", "photo"):
-            raise ValueError(f"where must be 'crop' or 'photo', got {where!r}")
-        self.quality, self.jpeg_prob, self.scale, self.shift, self.base, self.where = quality, jpeg_prob, scale, shift, base, where
+        self.quality, self.jpeg_prob, self.scale, self.shift, self.base = quality, jpeg_prob, scale, shift, base
 
     def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
+        from kornia.enhance import jpeg_codec_differentiable
+
         rng = rng_for(x, rng)
         if self.base is not None:
             x = self.base(x, rng)
-        return self.post(x, rng)
-
-    def post(self, x: torch.Tensor, rng: PerImageRandom) -> torch.Tensor:
-        """The posting part alone (shift, resize, JPEG), without ``base``."""
-        from kornia.enhance import jpeg_codec_differentiable
-
         b, _, h, w = x.shape
         # drawn and turned into sizes on the CPU: no per-face read-back from a GPU
         u = rng.rand(5, dtype=torch.float64, device="cpu")  # shift x, shift y, resize factor, quality, JPEG or not
