@@ -396,6 +396,24 @@ def test_jpeg_output_and_kept_metadata(tmp_path):
     assert load_rgb(out / row["output"]).shape == load_rgb(src).shape
 
 
+def test_goal_hide_moves_the_face_further_from_the_person_than_goal_target(tmp_path):
+    """--goal hide weighs leaving the person's identity more: after the same steps the written
+    face is further from the original on the surrogate."""
+    need_model("arcface-mbf")
+    need_model("mtcnn")
+    need_model("demo")
+    src = tmp_path / "me.png"
+    astronaut().save(src)
+    faces = {}
+    for goal in ("hide", "target"):
+        out = tmp_path / goal
+        r = run_tipim(["protect", src, "--out", out, "--goal", goal, "--model.steps", "6", "--check", "none", "--trainer.accelerator", "cpu"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        ((face,),) = [json.loads(line)["faces"] for line in (out / "manifest.jsonl").read_text().splitlines()]
+        faces[goal] = face
+    assert faces["hide"]["surrogate_d_r"] > faces["target"]["surrogate_d_r"]
+
+
 def test_self_check_tells_a_recognised_face_from_a_changed_one():
     need_model("mtcnn")
     need_model("sface")
@@ -503,3 +521,6 @@ def test_presets_are_tipim_as_the_method_config_defines_it():
         args = photo_args(["me.jpg", "--preset", name, "--model.steps", "3"])
         assert args[:2] == ["--config", str(path)] and args[-2:] == ["--model.steps", "3"]  # the user's flags win
         assert args[args.index("--model.method") + 1] == f"tipim-{name}"
+        assert float(args[args.index("--model.away") + 1]) == 4.0  # --goal hide (default)
+        target = photo_args(["me.jpg", "--preset", name, "--goal", "target"])
+        assert float(target[target.index("--model.away") + 1]) == 1.0 and target[target.index("--model.method") + 1] == f"tipim-{name}-target"

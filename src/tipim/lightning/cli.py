@@ -78,6 +78,10 @@ def summarise_photos(output_dir: str | Path, ignored: list | None = None) -> tup
 
 
 AFFINE = {"class_path": "tipim.attack.RandomAffine"}
+# --goal hide: the objective weighs leaving the person's own identity 4x reaching the target.
+# On photos against unseen recognisers: 80 -> 92% not recognised (away 1 -> 4; 8 is no better),
+# at the price of the targeted identity (results/photo_transfer/README.md, "The away weight again").
+AWAY = {"hide": 4.0, "target": 1.0}
 PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 
 
@@ -116,6 +120,10 @@ def photo_parser():
     ap.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
                     help="optimise through JPEG, resizing and shifts, as platforms re-encode photos (default; measured in "
                     "results/photo_transfer: more protection after JPEG 75, about the same as written); --no-robust turns it off")
+    ap.add_argument("--goal", choices=sorted(AWAY), default="hide",
+                    help="hide (default): recognisers should not match the face to the person (measured: 92%% of small faces "
+                    "not recognised by unseen models, against 80%% with target); target: TIP-IM's identity mask as the paper "
+                    "weighs it, the face is matched to one of the targets by the surrogate (and less often to the person)")
     ap.add_argument("--format", choices=["png", "jpeg", "webp"], default="png", help="output format (png: lossless, default)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG/WebP quality (default 95; WebP 100 = lossless)")
     ap.add_argument("--keep-metadata", action="store_true", help="keep the source EXIF, location included (removed by default)")
@@ -143,7 +151,7 @@ def photo_args(argv: list[str]) -> list[str]:
            "--data.output_format", args.format, "--data.quality", str(args.quality), "--data.keep_metadata", str(args.keep_metadata).lower(),
            "--data.multi", args.faces, "--data.check", args.check,
            *(["--data.detect_size", str(args.detect_size)] if args.detect_size is not None else []), "--model.transform", json.dumps(transform), "--seed_everything", "0"]
-    out += ["--model.method", f"tipim-{args.preset}" + ("" if args.robust else "-plain")]
+    out += ["--model.away", str(AWAY[args.goal]), "--model.method", f"tipim-{args.preset}" + ("" if args.robust else "-plain") + ("-target" if args.goal == "target" else "")]
     return out + rest
 
 
