@@ -83,7 +83,7 @@ class Plan:
     def protect(self, run: Run) -> list[str]:
         p, where = str(self.protocol), str(self.runs / run.name)
         if run.photos:
-            return ["protect", p, "--out", where, "--targets", p, "--preset", "balanced", "--faces", "center",
+            return ["protect", p, "--out", where, "--targets", p, "--preset", "balanced", "--goal", "target", "--faces", "center",
                     "--data.root", str(self.aligned), *self.limit(), "--model.selector", EXACT_GREEDY, *self.protect_args, *run.args]
         return ["protect", "--config", "configs/protect.yaml", "--config", f"configs/method/{run.method}.yaml",
                 "--data.faces", p, "--data.targets", p, "--data.root", str(self.aligned), "--data.output_dir", where,
