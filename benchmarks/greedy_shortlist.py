@@ -3,8 +3,9 @@
 Runs TIP-IM (the paper's greedy choice every step, configs/method/tipim.yaml) on seeded protocol
 probes with every target (exact) and with shortlists of m, all in this one run on this machine;
 then reports
-- how often the exact run's choice was among the m nearest targets (then the shortlist makes the
-  same choice from the same state), from the manifest's ``greedy_places``;
+- how often the exact run's choice was among the m nearest targets (then a shortlist of m >= 2
+  makes the same choice from the same state; m = 1 follows the nearest target of the step's
+  transformed embedding instead, see ``GreedyInsertion``), from the manifest's ``greedy_places``;
 - targeted / untargeted success on a white-box and a held-out model (``tipim evaluate``);
 - seconds per face, as a ratio to the exact run.
 

@@ -430,6 +430,11 @@ def test_shortlist_of_one_follows_the_steps_own_embedding_without_a_candidate_fo
             for t in range(1, steps):
                 assert torch.equal(chosen[t], identity_distance(grad_pass[t][:, None], t_emb[None], att.metric).argmin(1))
     assert runs[2] - runs[1] == steps - 1  # one candidate forward per step after the first, saved
+    every3 = GreedyInsertion(every=3, shortlist=1)
+    current, two_targets = torch.tensor([0, 1]), torch.eye(2, 4)
+    swapped = torch.eye(2, 4)[[1, 0]]  # face 0 now nearest target 1, face 1 nearest target 0
+    assert torch.equal(every3.assign(1, swapped, two_targets, current, "cosine"), current)  # kept between greedy steps
+    assert torch.equal(every3.assign(3, swapped, two_targets, current, "cosine"), torch.tensor([1, 0]))
 
 
 def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):

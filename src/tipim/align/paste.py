@@ -51,7 +51,7 @@ class CropView(nn.Module):
     aligner's crop. A face larger than the crop is sampled ``oversample`` x ``oversample`` times
     per crop pixel and averaged (area resampling): every photo pixel of the face gets a gradient.
     From 4 photo pixels per crop pixel up, the region is first box-averaged by ``oversample // 2``
-    and then sampled twice or three times per crop pixel: the same area resampling, with 4-16x
+    and then sampled twice or three times per crop pixel: the same area resampling, with 3-16x
     fewer samples on large faces (``grid_sample``'s backward was the largest cost after the
     surrogate on a 1920x1080 photo).
 

@@ -39,11 +39,11 @@ class GreedyInsertion(TargetSelector):
     among the m nearest (``AttackResult.choice_rank`` < m), which after the first step it nearly
     always is (results/greedy_shortlist).
 
-    ``shortlist=1`` has nothing left to score after the first step: each face follows the target
-    nearest the embedding the step's gradient pass already computed (through the input transform,
-    if any; MT-DIM's rule), so it skips the candidate forward too (one surrogate forward per step
-    fewer). Without an input transform that embedding is the face's own, and the choices are
-    those of ``shortlist=1`` with candidate forwards, bit for bit.
+    ``shortlist=1`` has nothing left to score after the first step: at each ``every``-th step each
+    face follows the target nearest the embedding the step's gradient pass already computed
+    (through the input transform and feature dropout, if any; MT-DIM's rule), so it skips the
+    candidate forward too (one surrogate forward per step fewer). Without either, that embedding
+    is the face's own, and the choices are those of scoring the one candidate, bit for bit.
     """
 
     def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0):
@@ -60,7 +60,7 @@ class GreedyInsertion(TargetSelector):
         return step % self.every == 0 and (step == 0 or self.m != 1)
 
     def assign(self, step, e_x, targets, current, metric):
-        if self.m == 1 and step > 0:  # the nearest target to the step's own embedding: no candidate forward
+        if self.m == 1 and step > 0 and step % self.every == 0:  # the nearest to the step's own embedding: no candidate forward
             return identity_distance(e_x.detach()[:, None], targets[None], metric).argmin(1)
         return current
 
