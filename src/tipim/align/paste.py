@@ -75,7 +75,7 @@ class CropView(nn.Module):
         inv = [invert_affine(m) for m in matrices]  # crop -> region
         # faces grouped by (factor, region size); each group is sampled from its own unpadded
         # regions, so neither the batch's padding nor its other faces change a face's crop
-        self.groups: list[tuple[int, int, int, int, torch.Tensor]] = []  # (samples, box, h, w, face indices)
+        self.groups: list[tuple[int, int, int, int]] = []  # (samples, box, h, w); the faces are buffer idx<k>
         keys = [(f, int(hw[0]), int(hw[1])) for f, hw in zip(self.s, sizes.tolist())]
         for k, (f, h, w) in enumerate(sorted(set(keys))):
             idx = torch.tensor([i for i, key in enumerate(keys) if key == (f, h, w)])
@@ -93,7 +93,7 @@ class CropView(nn.Module):
             grid = torch.stack([2 * xy[..., 0] / max(wb - 1, 1) - 1, 2 * xy[..., 1] / max(hb - 1, 1) - 1], -1)
             self.register_buffer(f"grid{k}", grid, persistent=False)  # float64: cast to the faces' dtype when used
             self.register_buffer(f"idx{k}", idx, persistent=False)  # moved with the grids: no copy per call
-            self.groups.append((samples, box, h, w, idx))
+            self.groups.append((samples, box, h, w))
         self.faces = len(matrices)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +102,7 @@ class CropView(nn.Module):
             raise ValueError(f"CropView of {self.faces} faces got a batch of {len(x)}")
         copies = len(x) // max(self.faces, 1)
         out = x.new_empty(len(x), x.shape[1], self.size, self.size)
-        for k, (f, box, h, w, _) in enumerate(self.groups):
+        for k, (f, box, h, w) in enumerate(self.groups):
             rows = (getattr(self, f"idx{k}")[:, None] * copies + torch.arange(copies, device=x.device)).flatten()
             grid = getattr(self, f"grid{k}").to(x.dtype).repeat_interleave(copies, 0)
             region = x[rows, :, :h, :w]

@@ -12,6 +12,11 @@ from torch import nn
 from tipim.attack.objectives import gain, identity_distance
 
 
+def nearest_target(e: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
+    """Index of the target nearest each embedding ``e`` (B, D)."""
+    return identity_distance(e.detach()[:, None], targets[None], metric).argmin(1)
+
+
 class TargetSelector(nn.Module):
     """Which target each face follows. Only a selector that ``evaluates_candidates`` (greedy
     insertion) has a gain to score candidate steps with (``gain_reduce``)."""
@@ -22,7 +27,7 @@ class TargetSelector(nn.Module):
     def initial(self, e_r: torch.Tensor, targets: torch.Tensor, metric: str, rng=None) -> torch.Tensor:
         """Target index per image before the first step: the nearest one to the original face
         (``rng``: each image's ``PerImageRandom`` stream, for selectors that draw)."""
-        return identity_distance(e_r[:, None], targets[None], metric).argmin(1)
+        return nearest_target(e_r, targets, metric)
 
     def assign(self, step: int, e_x: torch.Tensor, targets: torch.Tensor, current: torch.Tensor, metric: str) -> torch.Tensor:
         return current
@@ -61,7 +66,7 @@ class GreedyInsertion(TargetSelector):
 
     def assign(self, step, e_x, targets, current, metric):
         if self.m == 1 and step > 0 and step % self.every == 0:  # the nearest to the step's own embedding: no candidate forward
-            return identity_distance(e_x.detach()[:, None], targets[None], metric).argmin(1)
+            return nearest_target(e_x, targets, metric)
         return current
 
     def candidates(self, e_x: torch.Tensor, targets: torch.Tensor, metric: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -104,7 +109,7 @@ class NearestTarget(TargetSelector):
     """MT-DIM's dynamic assignment: every step, follow the target nearest the current image."""
 
     def assign(self, step, e_x, targets, current, metric):
-        return identity_distance(e_x.detach()[:, None], targets[None], metric).argmin(1)
+        return nearest_target(e_x, targets, metric)
 
 
 __all__ = ["FixedTarget", "GreedyInsertion", "NearestTarget", "TargetSelector"]

@@ -152,5 +152,4 @@ class PhotoDataModule(RunData):
         return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check), RunProgress("photo")]
 
 
-
 __all__ = ["PhotoDataModule", "PhotoFolder", "collate_photos"]
