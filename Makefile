@@ -35,7 +35,7 @@ setup: $(MODELS_STAMP) ## create .venv, install the package, fetch and verify mo
 
 demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (runs/demo)
 	$(BIN)/tipim data demo --out data/demo
-	$(BIN)/tipim protect --config configs/demo.yaml
+	$(BIN)/tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --config configs/demo.yaml
 
 bench: setup ## engine vs the official algorithm's loop, ablations, seconds per photo by preset, 12 MP detection (benchmarks/results)
 	$(BIN)/python benchmarks/bench_engine.py

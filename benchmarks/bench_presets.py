@@ -37,11 +37,9 @@ def photos(folder: Path) -> dict[str, Path]:
 
 
 def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
-    from tipim.lightning.cli import build_cli, _quiet, photo_args
+    from tipim.lightning.cli import _quiet, build_protect
 
     _quiet()
-    from tipim.lightning.photo_data import PhotoDataModule
-
     from lightning.pytorch import Callback
 
     class Ready(Callback):  # runs after the writer's on_predict_start (self-check models loaded)
@@ -49,7 +47,7 @@ def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[
             self.t = time.perf_counter()
 
     t0 = time.perf_counter()
-    cli = build_cli(photo_args([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra]), PhotoDataModule)
+    cli = build_protect([str(photo), "--out", str(out), "--preset", preset, "--trainer.accelerator", "cpu", *extra])
     ready, own = Ready(), cli.model.configure_callbacks
     cli.model.configure_callbacks = lambda: [*own(), ready]
     t1 = time.perf_counter()

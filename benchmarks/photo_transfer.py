@@ -14,6 +14,7 @@ A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars it
 from __future__ import annotations
 
 import argparse
+import os
 import json
 from pathlib import Path
 
@@ -54,7 +55,7 @@ def main() -> None:
     o.add_argument("--name", default="loo", help="run folders are runs/<name>-<held out>@<px> (a new name = new runs)")
     o.add_argument("--out", required=True)
     a = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
     from tipim.evaluation.field import make_field_set, markdown, score_field
 
     if a.cmd == "prepare":

@@ -506,10 +506,11 @@ def test_photos_per_batch_change_no_pixel(tmp_path):
 
 def test_presets_are_tipim_as_the_method_config_defines_it():
     """The photo presets (package YAML, so ``pip install .`` has them) differ from
-    configs/method/tipim.yaml only in budget, surrogates and the greedy shortlist."""
+    configs/method/tipim.yaml only in budget, surrogates and the greedy shortlist; --goal and
+    --robust set the defaults beneath them, and the user's options win."""
     import yaml
 
-    from tipim.lightning.cli import photo_args, presets
+    from tipim.lightning.cli import build_protect, presets
 
     method = yaml.safe_load((REPO / "configs" / "method" / "tipim.yaml").read_text())["model"]
     assert set(presets()) == {"fast", "balanced", "strong"}
@@ -518,9 +519,31 @@ def test_presets_are_tipim_as_the_method_config_defines_it():
         assert {k: model[k] for k in ("momentum", "gamma")} == {k: method[k] for k in ("momentum", "gamma")}, name
         assert model["selector"]["class_path"] == method["selector"]["class_path"]
         assert set(model) <= {"momentum", "gamma", "steps", "surrogates", "selector"}, name  # nothing else sneaks in
-        args = photo_args(["me.jpg", "--preset", name, "--model.steps", "3"])
-        assert args[:2] == ["--config", str(path)] and args[-2:] == ["--model.steps", "3"]  # the user's flags win
-        assert args[args.index("--model.method") + 1] == f"tipim-{name}"
-        assert float(args[args.index("--model.away") + 1]) == 4.0  # --goal hide (default)
-        target = photo_args(["me.jpg", "--preset", name, "--goal", "target"])
-        assert float(target[target.index("--model.away") + 1]) == 1.0 and target[target.index("--model.method") + 1] == f"tipim-{name}-target"
+        run = build_protect(["me.jpg", "--preset", name, "--model.steps", "3"])
+        assert run.model.steps == 3 and run.model.surrogate_names == model["surrogates"]  # the user's flags win
+        assert run.model.method == f"tipim-{name}" and run.model.attack.away == 4.0  # --goal hide (default)
+        assert type(run.model.attack.transform).__name__ == "PostingTransform"  # --robust (default)
+        target = build_protect(["me.jpg", "--preset", name, "--goal", "target", "--no-robust"])
+        assert target.model.attack.away == 1.0 and target.model.method == f"tipim-{name}-plain-target"
+        assert type(target.model.attack.transform).__name__ == "RandomAffine" and target.model.steps == model["steps"]
+    assert build_protect(["me.jpg", "--goal", "target", "--model.away", "2"]).model.attack.away == 2.0
+
+
+def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_which(tmp_path):
+    """Photos and aligned-face configs go through the same parser; the config's paper settings
+    are not touched by the photo defaults, and a photo option on aligned faces is refused."""
+    from tipim.lightning.cli import build_protect
+
+    faces = build_protect(["--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml", "--out", str(tmp_path / "m")])
+    assert type(faces.datamodule).__name__ == "ProtectDataModule" and faces.model.output_dir == str(tmp_path / "m")
+    assert faces.model.method == "mim" and faces.model.attack.away == 1.0 and faces.model.attack.transform is None
+    assert build_protect(["--config", "configs/protect.yaml"]).model.attack.away == 1.0  # the paper's weighting
+    photos = build_protect(["a.jpg", "b/", "--out", str(tmp_path / "p"), "--format", "jpeg", "--data.batch_size", "2"])
+    assert photos.datamodule.photos == ["a.jpg", "b/"] and photos.datamodule.output_format == "jpeg"
+    assert photos.datamodule.batch_size == 2 and photos.model.output_dir == str(tmp_path / "p")
+    r = run_tipim(["protect", "--config", "configs/protect.yaml", "--format", "jpeg"])
+    assert r.returncode == 2 and "--format is an option for photos" in r.stderr
+    r = run_tipim(["protect", "me.jpg", "--config", "configs/protect.yaml"])
+    assert r.returncode == 2 and "photos were given" in r.stderr
+    r = run_tipim(["protect"])
+    assert r.returncode == 2 and "tipim protect PHOTO..." in r.stdout

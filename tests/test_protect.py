@@ -178,7 +178,7 @@ def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
     import torch
     import yaml
 
-    from tipim.lightning.cli import build_cli
+    from tipim.lightning.cli import build_protect
     from tipim.models import Ensemble, TorchScriptEmbedder
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 8, stride=8), torch.nn.Flatten(), torch.nn.Linear(4 * 14 * 14, 32))
@@ -194,7 +194,7 @@ def test_yaml_surrogates_mix_zoo_names_and_user_models(tmp_path, demo_data):
         "data": {"faces": str(demo_data["faces"]), "targets": str(demo_data["targets"]), "output_dir": str(tmp_path / "o")},
     }
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
-    cli = build_cli(["--config", "configs/protect.yaml", "--config", str(tmp_path / "c.yaml"), "--trainer.accelerator", "cpu"])
+    cli = build_protect(["--config", "configs/protect.yaml", "--config", str(tmp_path / "c.yaml"), "--trainer.accelerator", "cpu"])
     sur = cli.model.attack.surrogate
     assert isinstance(sur, Ensemble) and isinstance(sur.members[1], TorchScriptEmbedder)
     assert cli.model.surrogate_names == ["arcface-mbf", "mine"]

