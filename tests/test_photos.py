@@ -547,3 +547,5 @@ def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_wh
     assert r.returncode == 2 and "photos were given" in r.stderr
     r = run_tipim(["protect"])
     assert r.returncode == 2 and "tipim protect PHOTO..." in r.stdout
+    r = run_tipim(["protect", "x.jpg", "--preset", "fast", "--print_config"])  # shown as resolved: the preset, the photos
+    assert r.returncode == 0 and "steps: 20" in r.stdout and "- x.jpg" in r.stdout and "method: tipim-fast" in r.stdout

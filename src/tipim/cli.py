@@ -244,14 +244,15 @@ HANDLERS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     protect = argv[:1] == ["protect"]
-    show = protect and "--print_config" in argv  # after --preset, --goal and the photos are resolved, not before
-    argv = [a for a in argv if not (show and a == "--print_config")]
+    # --print_config shows the config after --preset, --goal and the photos are resolved, not before
+    show = [a for a in argv if a.startswith("--print_config")] if protect else []
+    argv = [a for a in argv if a not in show]
     if protect:
         from tipim.lightning.cli import _quiet, short_help
 
         _quiet()
     parser = build_parser(protect)
-    if argv == ["protect"]:  # a person who typed the command alone: what to give it
+    if argv == ["protect"] and not show:  # a person who typed the command alone: what to give it
         print(short_help(parser.protect_parser), end="")
         return 2
     cfg = parser.parse_args(argv)
@@ -263,9 +264,9 @@ def main(argv: list[str] | None = None) -> int:
         if protect:
             from tipim.lightning.cli import build, resolve, run
 
-            args = resolve(parser.protect_parser, args, lambda: parser.parse_args(argv)["protect"])
+            args = resolve(parser.protect_parser, args, lambda: parser.parse_args(argv)["protect"], need_photos=not show)
             if show:
-                print(parser.protect_parser.dump(args, skip_none=False), end="")
+                print(parser.protect_parser.dump(args, skip_none=False, skip_default="skip_default" in show[0]), end="")
                 return 0
             return run(build(parser.protect_parser, args))
         return HANDLERS[path](args)

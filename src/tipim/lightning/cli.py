@@ -112,7 +112,9 @@ def protect_parser() -> LightningArgumentParser:
             "  tipim protect me.jpg --model.steps 30 --trainer.accelerator gpu\n"
             "  tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --data.faces DIR\n\n"
             "--preset, --goal and --robust set the defaults; --config files and --model/--data/--trainer options\n"
-            "override them, in the order given. Every option: tipim protect --help-all"
+            "override them, in the order given; the photos and the flags above are applied last.\n"
+            "Every option: tipim protect --help-all; the data options: tipim protect --data.help PhotoDataModule\n"
+            "(photos) or --data.help ProtectDataModule (aligned faces, what configs/protect.yaml chooses)"
         ),
         add_help=False,
     )
@@ -151,7 +153,7 @@ def protect_parser() -> LightningArgumentParser:
     return p
 
 
-def resolve(parser, cfg: Namespace, reparse) -> Namespace:
+def resolve(parser, cfg: Namespace, reparse, need_photos: bool = True) -> Namespace:
     """Apply what ``--preset``/``--goal``/``--robust`` chose as defaults (``reparse`` parses again
     with them), then the photo arguments and flags, which override the data's arguments."""
     if (cfg.preset, cfg.goal, cfg.robust) != ("balanced", "hide", True):
@@ -170,7 +172,7 @@ def resolve(parser, cfg: Namespace, reparse) -> Namespace:
         if key not in data:
             raise ValueError(f"--{flag.replace('_', '-')} is an option for photos; the config's data ({cfg.data.class_path}) has no {key}")
         data[key] = value
-    if photos and not data.photos:
+    if need_photos and photos and not data.photos:
         raise ValueError("no photos given: tipim protect PHOTO... (tipim protect --help), or --config configs/protect.yaml for aligned faces")
     cfg.model.output_dir = data.output_dir
     return cfg
