@@ -6,8 +6,9 @@
 #     (bench_device.py; CPU baseline in the same run);
 #  2. photos/s: the protocol's 500 probe photos (LFW 250x250, one face) with the balanced preset,
 #     with the independent self-check (the models that travel: edgeface-s) and without it (profiled);
-#  3. the full 500-probe protocol, table3 stage (protect only; evaluated afterwards on the CPU
-#     machine, where every zoo model is);
+#  3. the full 500-probe protocol through the reproduction driver, `tipim reproduce` (REPRODUCE=table3 by
+#     default; any of its stages, e.g. REPRODUCE="ensemble photos"; protect only, evaluated afterwards on
+#     the CPU machine, where every zoo model is);
 #  4. torch.compile of the surrogate against eager, same run.
 # Prepared here by `python benchmarks/device_prep.py` (.gpu: probe crops and photos, the models
 # that fit in one call; .whl: the packages the device image lacks).
@@ -52,7 +53,7 @@ fi
 if on protocol; then
 s=$SECONDS
 mkdir -p /tmp/results && cp results/reproduce/protocol.json /tmp/results/
-timeout -k 10 "$(left 200)" $PY -m tipim.cli reproduce --stages table3 --methods ${TABLE3:-mim dim mt-dim center-opt tipim} --aligned .gpu/lfw-aligned \
+timeout -k 10 "$(left 200)" $PY -m tipim.cli reproduce --stages ${REPRODUCE:-table3} --methods ${TABLE3:-mim dim mt-dim center-opt tipim} --aligned .gpu/lfw-aligned \
   --out /tmp/results --runs /tmp/runs --no-evaluate --protect-args="--trainer.accelerator $ACCEL ${PROTECT_EXTRA:-}" ${PROBES:+--probes $PROBES} \
   > "$S/protocol.log" 2>&1
 rc=$?; stage "protocol (500 probes: ${TABLE3:-mim dim mt-dim center-opt tipim})" $s $rc
