@@ -23,7 +23,9 @@ from pathlib import Path
 
 import torch
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine, judge, surrogate_success
+from method import method_attack
+
+from tipim.attack import judge, surrogate_success
 from tipim.attack.steps import quantise_within
 from tipim.lightning.data import load_face, load_targets, scan_faces
 from tipim.models import ZooEmbedder
@@ -34,8 +36,8 @@ def run(model, faces, targets, steps, device, dtype, batch, shortlist=0, surroga
     and the share of greedy choices (after the first step) that were the face's nearest target.
     ``surrogate``: what the attack runs (e.g. a compiled ``model``); success is judged on ``model``."""
     model = model.to(device)
-    attack = IdentityMaskAttack(model if surrogate is None else surrogate, MomentumStep(steps=steps), GreedyInsertion(shortlist=shortlist), Naturalness(1.0), RandomAffine(),
-                                channels_last=surrogate is None, grad_mode=grad_mode)
+    attack = method_attack(model if surrogate is None else surrogate, "tipim", "--model.steps", str(steps), "--model.grad_mode", grad_mode,
+                           "--model.selector.init_args.shortlist", str(shortlist), channels_last=surrogate is None)
     ctx = torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16" else nullcontext()
     with torch.no_grad():
         t_emb = attack.embed_targets(targets.to(device))

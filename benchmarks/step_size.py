@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Naturalness, RandomAffine, judge, quantise_within, surrogate_success
+from method import method_attack
+
+from tipim.attack import judge, quantise_within, surrogate_success
 from tipim.lightning.data import load_face
 from tipim.models import ZooEmbedder
 
@@ -49,9 +51,7 @@ def main():
     rows = {}
     for rule in ("paper", "official"):
         torch.manual_seed(0)
-        att = IdentityMaskAttack(
-            surrogate, MomentumStep(12 / 255, a.steps, rule), GreedyInsertion(), Naturalness(1.0), RandomAffine()
-        )
+        att = method_attack(surrogate, "tipim", "--model.steps", str(a.steps), "--model.step_size", rule)
         r = att(faces, att.embed_targets(targets))
         x_p = quantise_within(r.x_p, faces, 12 / 255).float() / 255
         row = {"alpha_255": round(att.step.alpha * 255, 4), "arcface-mbf (white box)": protected_rate(surrogate, x_p, faces, targets)}

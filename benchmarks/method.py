@@ -1,0 +1,23 @@
+"""The attack a method config defines, for the benchmarks that drive the engine directly: parsed
+from the same YAML as a ``tipim protect`` run (``configs/protect.yaml`` + ``configs/method/<name>.yaml``),
+so a benchmark cannot drift from what the method is."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def method_attack(surrogate, method: str = "tipim", *options: str, **engine):
+    """``IdentityMaskAttack`` on ``surrogate`` (any embedder, e.g. a compiled one) with the parts
+    that ``configs/method/<method>.yaml`` defines; ``options`` override them like on the command
+    line (``"--model.steps", "20"``); ``engine``: engine-only arguments (``channels_last``)."""
+    from tipim.attack import IdentityMaskAttack
+    from tipim.lightning.cli import _quiet, build_protect
+
+    _quiet()
+    a = build_protect(["--config", str(CONFIGS / "protect.yaml"), "--config", str(CONFIGS / "method" / f"{method}.yaml"),
+                       "--trainer.accelerator", "cpu", "--trainer.devices", "1", *options]).model.attack
+    return IdentityMaskAttack(surrogate, a.step, a.selector, a.naturalness, a.transform, a.metric, a.random_start, a.grad_mode,
+                              away=a.away, **engine)
