@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args = resolve(parser.protect_parser, args, lambda: parser.parse_args(argv)["protect"], need_photos=not show)
             if show:
-                print(parser.protect_parser.dump(args, skip_none=False, skip_default="skip_default" in show[0]), end="")
+                print(parser.protect_parser.dump(args, skip_unset=False, skip_default="skip_default" in show[0]), end="")
                 return 0
             return run(build(parser.protect_parser, args))
         return HANDLERS[path](args)

@@ -68,7 +68,7 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             out = Path(pl_module.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, out / "config.yaml", skip_none=False, overwrite=True, multifile=False)
+            self.parser.save(self.config, out / "config.yaml", skip_unset=False, overwrite=True, multifile=False)
             flat = {k: v for k, v in self.config.as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
             for logger in trainer.loggers:
                 logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
