@@ -289,6 +289,25 @@ def photo_run(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_a_runs_saved_config_builds_the_same_run_again(photo_run):
+    """``config.yaml`` holds the resolved run, nulls included, so ``--config`` on it rebuilds it."""
+    from tipim.lightning.cli import build_protect
+
+    again = build_protect(["--config", str(photo_run["out"] / "config.yaml")])
+    a = again.model.attack
+    assert again.model.method == "tipim-fast" and again.model.steps == 3 and a.away == 4.0
+    assert type(a.transform).__name__ == "PostingTransform" and vars(a.selector)["every"] == 5
+    assert again.datamodule.photos == [str(photo_run["in"])] and again.model.output_dir == str(photo_run["out"])
+
+
+def test_commands_other_than_protect_do_not_import_lightning():
+    """``tipim models list`` and ``tipim --help`` start at once: protect's options are built only for protect."""
+    code = "import sys; from tipim.cli import main; main(['models', 'list']); print('lightning' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip().endswith("False"), r.stdout + r.stderr
+
+
+@pytest.mark.slow
 def test_odd_inputs_each_get_their_documented_outcome(photo_run):
     r, expected = photo_run["result"], photo_run["expected"]
     assert len(expected) >= 30

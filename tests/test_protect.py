@@ -79,6 +79,11 @@ def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
         assert diff == x["linf"] <= 12 and diff > 0
     assert (out / "config.yaml").is_file() and "mim" in (out / "config.yaml").read_text()
     assert "10 faces: 10 protected, 0 failed" in r.stdout
+    from tipim.lightning.cli import build_protect
+
+    again = build_protect(["--config", str(out / "config.yaml")])  # the saved config rebuilds the run, its nulls included:
+    assert again.model.method == "mim" and again.model.attack.transform is None and again.model.attack.away == 1.0  # not the photo defaults
+    assert type(again.datamodule).__name__ == "ProtectDataModule" and again.model.output_dir == str(out)
 
 
 @pytest.mark.slow
