@@ -145,7 +145,7 @@ def _evaluate(args) -> int:
 def build_parser(protect: bool = True) -> ArgumentParser:
     """The one parser of every ``tipim`` command. ``protect=False`` leaves out protect's model,
     data and trainer options (they import Lightning), so other commands and ``--help`` start at once."""
-    p = ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).", exit_on_error=True)
+    p = ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
     sub = p.add_subcommands(dest="command", required=True)
 
     if protect:
@@ -215,18 +215,18 @@ def build_parser(protect: bool = True) -> ArgumentParser:
     e.add_argument("--wandb-project", default="tipim")
     sub.add_subcommand("evaluate", e, help="rank protected probes against the gallery, per evaluation model")
 
-    from tipim.reproduce import add_arguments as add_reproduce
+    import tipim.reproduce
 
-    r = ArgumentParser(description=reproduce_doc())
-    add_reproduce(r)
+    r = ArgumentParser(description=tipim.reproduce.__doc__)
+    tipim.reproduce.add_arguments(r)
     sub.add_subcommand("reproduce", r, help="the paper's LFW tables: protect and evaluate, stage by stage")
     return p
 
 
-def reproduce_doc() -> str:
-    import tipim.reproduce
+def _reproduce(args) -> int:
+    from tipim.reproduce import main
 
-    return tipim.reproduce.__doc__
+    return main(args)
 
 
 HANDLERS = {
@@ -237,7 +237,7 @@ HANDLERS = {
     ("data", "demo"): _data_demo,
     ("protocol", "build"): _protocol_build,
     ("evaluate",): _evaluate,
-    ("reproduce",): lambda args: __import__("tipim.reproduce", fromlist=["main"]).main(args),
+    ("reproduce",): _reproduce,
 }
 
 

@@ -22,8 +22,9 @@ from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 from tipim.io import read_jsonl
 from tipim.lightning.data import RunData
 from tipim.lightning.module import ProtectionModule
+from tipim.lightning.photo_data import NO_PHOTOS, PhotoDataModule
 
-PHOTOS = "tipim.lightning.photo_data.PhotoDataModule"
+PHOTOS = f"{PhotoDataModule.__module__}.{PhotoDataModule.__qualname__}"
 TRAINER_DEFAULTS = {
     "inference_mode": False,  # the attack needs gradients inside predict
     "use_distributed_sampler": False,  # RunData deals whole batches to ranks
@@ -149,15 +150,17 @@ def protect_parser() -> LightningArgumentParser:
     p.add_lightning_class_args(ProtectionModule, "model")
     p.add_lightning_class_args(RunData, "data", subclass_mode=True)
     p.link_arguments("data.init_args.output_dir", "model.output_dir")
-    p.set_defaults(preset_defaults("balanced", "hide", True) | {"data": {"class_path": PHOTOS, "init_args": {"output_dir": "protected"}}})
+    p.set_defaults(preset_defaults(p.get_default("preset"), p.get_default("goal"), p.get_default("robust"))
+                   | {"data": {"class_path": PHOTOS, "init_args": {"output_dir": "protected"}}})
     return p
 
 
 def resolve(parser, cfg: Namespace, reparse, need_photos: bool = True) -> Namespace:
     """Apply what ``--preset``/``--goal``/``--robust`` chose as defaults (``reparse`` parses again
     with them), then the photo arguments and flags, which override the data's arguments."""
-    if (cfg.preset, cfg.goal, cfg.robust) != ("balanced", "hide", True):
-        parser.set_defaults(preset_defaults(cfg.preset, cfg.goal, cfg.robust))
+    chosen = (cfg.preset, cfg.goal, cfg.robust)
+    if chosen != tuple(parser.get_default(k) for k in ("preset", "goal", "robust")):  # the parser's defaults are the default layer
+        parser.set_defaults(preset_defaults(*chosen))
         cfg = reparse()
     data, photos = cfg.data.init_args, _is_photos(cfg.data.class_path)
     if cfg.photos:
@@ -173,15 +176,13 @@ def resolve(parser, cfg: Namespace, reparse, need_photos: bool = True) -> Namesp
             raise ValueError(f"--{flag.replace('_', '-')} is an option for photos; the config's data ({cfg.data.class_path}) has no {key}")
         data[key] = value
     if need_photos and photos and not data.photos:
-        raise ValueError("no photos given: tipim protect PHOTO... (tipim protect --help), or --config configs/protect.yaml for aligned faces")
+        raise ValueError(f"{NO_PHOTOS}, or --config configs/protect.yaml for aligned faces")
     cfg.model.output_dir = data.output_dir
     return cfg
 
 
 def _is_photos(class_path: str) -> bool:
     import importlib
-
-    from tipim.lightning.photo_data import PhotoDataModule
 
     module, _, name = class_path.rpartition(".")
     return issubclass(getattr(importlib.import_module(module), name), PhotoDataModule)
@@ -291,8 +292,6 @@ def run(protect: Protect) -> int:
             lock.release()
     if not trainer.is_global_zero:
         return 0
-    from tipim.lightning.photo_data import PhotoDataModule
-
     if isinstance(data, PhotoDataModule):
         line, failed = summarise_photos(model.output_dir, data.ignored)
     else:

@@ -18,6 +18,7 @@ from tipim.lightning.callbacks import RunProgress
 from tipim.lightning.data import RunData
 from tipim.lightning.photo_writer import FORMATS, ProtectedPhotoWriter, say
 
+NO_PHOTOS = "no photos given: tipim protect PHOTO... (tipim protect --help)"
 NO_FACE_HINT = "no face found; use a photo where the face is visible and at least ~40 pixels wide"
 
 
@@ -140,7 +141,7 @@ class PhotoDataModule(RunData):
 
     def find(self) -> list[PhotoItem]:
         if not self.photos:
-            raise ValueError("no photos given: tipim protect PHOTO... (tipim protect --help)")
+            raise ValueError(NO_PHOTOS)
         found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
         if not found:
             why = describe_ignored(self.ignored)
