@@ -5,10 +5,13 @@
     python benchmarks/photo_transfer.py score --field runs/field --runs runs/field/runs/*@* \
         --surrogates balanced=arcface-mbf --out results/photo_transfer
     python benchmarks/photo_transfer.py table SCORED_FOLDER... --out results/photo_transfer   # merge
+    python benchmarks/photo_transfer.py pool SCORED_FOLDER... --out results/photo_transfer/pooled
+        # held-out rows of several field sets as one table, each person once, with 90% intervals
     python benchmarks/photo_transfer.py loo --field runs/field --sizes 40 55 --out results/photo_transfer/loo
         # for each zoo model: masks made on the others (an ensemble), scored on the held-out one
 
-A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars its white-box cells.
+A run folder is named ``<label>@<face px>``; ``--surrogates label=a,b`` stars its white-box cells
+and records what made its masks (``pool`` needs it).
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def main() -> None:
     t.add_argument("folders", nargs="+")
     t.add_argument("--surrogates", nargs="*", default=[])
     t.add_argument("--out", required=True)
+    q = sub.add_parser("pool", help="held-out rows of several field sets (score folders) as one table, each person counted once")
+    q.add_argument("folders", nargs="+")
+    q.add_argument("--out", required=True)
     o = sub.add_parser("loo", help="leave-one-out: protect with every zoo model but one, score that one")
     o.add_argument("--field", default="runs/field")
     o.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"], help="each is held out in turn (--held-out: only these) and the others make its masks (the committed loo/ runs used these four)")
@@ -64,6 +70,8 @@ def main() -> None:
         return
     if a.cmd == "loo":
         return leave_one_out(a)
+    if a.cmd == "pool":
+        return pool(a)
     if a.cmd == "table":
         rows = [r for f in a.folders for r in json.loads((Path(f) / "results.json").read_text())]
     else:
@@ -72,11 +80,34 @@ def main() -> None:
         models = {m: ZooEmbedder(m) for m in a.models}
         runs = {Path(r).name: r for r in a.runs}
         rows = score_field(a.field, runs, models, a.jpeg)
+    white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
+    for r in rows:  # what made each run's masks, for the held-out tables (pool)
+        if r["run"] in white:
+            r.setdefault("surrogates", "+".join(white[r["run"]]))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
     table = markdown(rows, white)
+    (out / "results.md").write_text(table)
+    print(table)
+
+
+def pool(a) -> None:
+    """One held-out table from several field sets' score folders (rows of a surrogate's own
+    model, white box, are left out)."""
+    from tipim.evaluation.field import held_out_markdown, pool_rows
+
+    sets = []
+    for f in a.folders:
+        rows = json.loads((Path(f) / "results.json").read_text())
+        if any("surrogates" not in r for r in rows):
+            raise SystemExit(f"{f}: rows without the models that made their masks; score with --surrogates LABEL=MODEL")
+        sets.append([r for r in rows if r["model"] not in r.get("surrogates", "").split("+")])
+    rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"]))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    table = held_out_markdown(rows)
     (out / "results.md").write_text(table)
     print(table)
 

@@ -495,9 +495,38 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     assert got["clean"]["face_psnr"] == 99.0 and got["clean"]["face_ssim"] > 0.999  # written = original
     assert got["swapped"]["face_ssim"] < 0.9  # somebody else's face
     assert "| swapped | 80 | as written | 100 |" in markdown(rows) and "| 99.0 | 1.000 |" in markdown(rows)
+    assert got["clean"]["people"] == {p: [0, 0] for p in people} and got["swapped"]["people"] == {p: [1, 0] for p in people}
+    assert got["blank"]["people"] == {p: [1, 0] for p in people}  # a face not found counts as protected
     held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
-    assert "| sface | arcface-mbf | 80 | as written | 0 | 0 | 90 short |" in held
-    assert "| sface | arcface-mbf | 80 | as written | 100 | 0 | met |" in held
+    assert "| sface | arcface-mbf | 80 | as written | 3 | 0.0 | 0-" in held and "| 0 | 90.0 short (3 people) |" in held
+    assert "| sface | arcface-mbf | 80 | as written | 3 | 100.0 |" in held and "| 0 | met |" in held
+
+
+def test_pooled_field_sets_count_each_person_once():
+    """Pooling two field sets sums people, not percentages; a person drawn into both sets counts
+    once (the first set's result); the gap to the goal is given in people, with the interval."""
+    from tipim.evaluation.field import held_out_markdown, pool_rows, wilson_interval
+
+    def row(run, outcomes, psnr):
+        people = {f"p{i}": [o, 0] for i, o in outcomes.items()}
+        k = sum(v[0] for v in people.values())
+        return {"run": run, "surrogates": "arcface-mbf", "model": "facenet", "face_px": 40, "jpeg": 75, "n": len(people),
+                "protected": k / len(people), "clean_protected": 0.0, "face_psnr": psnr, "face_ssim": 0.8, "people": people}
+
+    a = row("a", {i: int(i >= 5) for i in range(40)}, 27.0)  # 35 of 40
+    b = row("b", {i: int(i != 40) for i in range(38, 118)}, 28.0)  # p38, p39 again; 79 of 80 but p40 misses
+    (r,) = pool_rows([[a], [b]])
+    assert r["n"] == 118 and r["run"] == "a+b"
+    assert r["protected"] == (35 + 77) / 118  # p38/p39 kept from a (protected there); b's other 78 add 77
+    assert abs(r["face_psnr"] - (27.0 * 40 + 28.0 * 78) / 118) < 1e-9
+    lo, hi = wilson_interval(112, 118)
+    assert lo < 112 / 118 < hi and 0.88 < lo and hi < 0.98
+    assert wilson_interval(40, 40)[1] == 1.0 and wilson_interval(0, 40)[0] == 0.0
+    assert "| 118 | 94.9 |" in held_out_markdown([r]) and "| met |" in held_out_markdown([r])
+    short = held_out_markdown([a])  # 35 of 40 = 87.5: 36 are needed for 90%
+    assert "| 40 | 87.5 |" in short and "2.5 short (1 person)" in short
+    with pytest.raises(ValueError, match="score it again"):
+        pool_rows([[{k: v for k, v in a.items() if k != "people"}]])
 
 
 @pytest.mark.slow

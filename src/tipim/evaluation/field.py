@@ -12,6 +12,7 @@ A face the attacker's detector cannot find counts as protected and is reported s
 from __future__ import annotations
 
 import json
+import math
 import random
 from pathlib import Path
 
@@ -154,17 +155,19 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
                 g, ids = galleries[m]
                 found = [(p, c) for p, c in zip(people, seen) if c is not None]
                 emb = embed_crops(model, torch.stack([c for _, c in found])) if found else torch.zeros(0)
-                prot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(found, emb)]
+                prot = {p: rank1_protected(e, p, g, ids) for (p, _), e in zip(found, emb)}
                 cfound = [(p, c) for p, c in zip(people, seen_clean) if c is not None]
                 cemb = embed_crops(model, torch.stack([c for _, c in cfound])) if cfound else torch.zeros(0)
-                cprot = [rank1_protected(e, p, g, ids) for (p, _), e in zip(cfound, cemb)]
+                cprot = {p: rank1_protected(e, p, g, ids) for (p, _), e in zip(cfound, cemb)}
                 n, missing = len(people), len(people) - len(found)
                 rows.append({
                     "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, "model": m, "n": n,
-                    "protected": (sum(prot) + missing) / n, "missing": missing,
-                    "clean_protected": (sum(cprot) + n - len(cfound)) / n,
+                    "protected": (sum(prot.values()) + missing) / n, "missing": missing,
+                    "clean_protected": (sum(cprot.values()) + n - len(cfound)) / n,
                     "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
                     "face_ssim": float(np.nanmean(ssim)) if ssim and not np.isnan(ssim).all() else None,
+                    # per person, [protected, clean protected] (a face not found counts as protected): lets sets be pooled
+                    "people": {p: [int(prot.get(p, True)), int(cprot.get(p, True))] for p in people},
                 })
     return rows
 
@@ -187,13 +190,62 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
 
 def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
     """The leave-one-out table: one row per (run, face size, re-encoding) with the score of the
-    run's held-out model only (rows must hold just that model), and how far it is from ``goal``."""
-    lines = ["| held-out model | masks made on | face px | JPEG | protected (%) | clean (%) | goal | face PSNR | face SSIM |", "|---|---|---|---|---|---|---|---|---|"]
+    run's held-out model only (rows must hold just that model), how far it is from ``goal`` (in
+    people: how many more would have to be protected) and its 90% Wilson interval."""
+    lines = ["| held-out model | masks made on | face px | JPEG | people | protected (%) | 90% interval | clean (%) | goal | face PSNR | face SSIM |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        gap = "met" if r["protected"] >= goal else f"{100 * (goal - r['protected']):.0f} short"
-        lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | "
-                     f"{100 * r['protected']:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {_quality(r)} |")
+        n = r["n"]
+        k = round(r["protected"] * n)
+        short = math.ceil(goal * n - 1e-9) - k
+        gap = "met" if short <= 0 else f"{100 * (goal - k / n):.1f} short ({short} {'person' if short == 1 else 'people'})"
+        lo, hi = wilson_interval(k, n)
+        lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | {n} | "
+                     f"{100 * k / n:.1f} | {100 * lo:.0f}-{100 * hi:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {_quality(r)} |")
     return "\n".join(lines) + "\n"
+
+
+def wilson_interval(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
+    """Wilson score interval of a rate k / n (z = 1.645: 90%); on 40 people a cell's is about +-8 points."""
+    if n <= 0:
+        raise ValueError(f"an interval needs at least one person, got n={n}")
+    p = k / n
+    mid = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, mid - half), min(1.0, mid + half)
+
+
+def pool_rows(sets: list[list[dict]]) -> list[dict]:
+    """Held-out rows of several field sets as one: per (masks made on, model, face size,
+    re-encoding), each person counted once (a person in two sets keeps the first set's result)
+    and the rates recomputed from the people; face PSNR/SSIM averaged over the sets, weighted by
+    their people. Rows need the per-person results that ``score_field`` records."""
+    pooled: dict[tuple, dict] = {}
+    for rows in sets:
+        for r in rows:
+            if "people" not in r:
+                raise ValueError(f"run {r.get('run')!r} ({r.get('face_px')} px, {r.get('model')}) has no per-person results: score it again with this version")
+            key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"])
+            p = pooled.setdefault(key, {"surrogates": key[0], "model": key[1], "face_px": key[2], "jpeg": key[3], "runs": [], "people": {},
+                                        "_w": {"face_psnr": [], "face_ssim": []}})
+            p["runs"].append(r["run"])
+            new = {who: v for who, v in r["people"].items() if who not in p["people"]}
+            p["people"].update(new)
+            for q in ("face_psnr", "face_ssim"):
+                if r.get(q) is not None:
+                    p["_w"][q].append((r[q], len(new)))
+    out = []
+    for p in pooled.values():
+        w = p.pop("_w")
+        n = len(p["people"])
+        p |= {"run": "+".join(p.pop("runs")), "n": n,
+              "protected": sum(v[0] for v in p["people"].values()) / n,
+              "clean_protected": sum(v[1] for v in p["people"].values()) / n}
+        for q, vals in w.items():
+            total = sum(c for _, c in vals)
+            p[q] = sum(v * c for v, c in vals) / total if total else None
+        out.append(p)
+    return out
 
 
 def _quality(row: dict) -> str:
@@ -202,4 +254,4 @@ def _quality(row: dict) -> str:
     return (f"{psnr:.1f}" if psnr else "-") + " | " + (f"{ssim:.3f}" if ssim else "-")
 
 
-__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "rank1_protected", "score_field"]
+__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "pool_rows", "rank1_protected", "score_field", "wilson_interval"]
