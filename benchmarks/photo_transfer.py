@@ -47,9 +47,9 @@ def main() -> None:
     t.add_argument("folders", nargs="+")
     t.add_argument("--surrogates", nargs="*", default=[])
     t.add_argument("--out", required=True)
-    q = sub.add_parser("pool", help="held-out rows of several field sets (score folders) as one table, each person counted once")
-    q.add_argument("folders", nargs="+")
-    q.add_argument("--out", required=True)
+    pl = sub.add_parser("pool", help="held-out rows of several field sets (score folders) as one table, each person counted once")
+    pl.add_argument("folders", nargs="+")
+    pl.add_argument("--out", required=True)
     o = sub.add_parser("loo", help="leave-one-out: protect with every zoo model but one, score that one")
     o.add_argument("--field", default="runs/field")
     o.add_argument("--models", nargs="+", default=["arcface-mbf", "sface", "facenet", "dlib-resnet"], help="each is held out in turn (--held-out: only these) and the others make its masks (the committed loo/ runs used these four)")
@@ -83,7 +83,7 @@ def main() -> None:
     white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
     for r in rows:  # what made each run's masks, for the held-out tables (pool)
         if r["run"] in white:
-            r.setdefault("surrogates", "+".join(white[r["run"]]))
+            r["surrogates"] = "+".join(white[r["run"]])
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
@@ -102,7 +102,7 @@ def pool(a) -> None:
         rows = json.loads((Path(f) / "results.json").read_text())
         if any("surrogates" not in r for r in rows):
             raise SystemExit(f"{f}: rows without the models that made their masks; score with --surrogates LABEL=MODEL")
-        sets.append([r for r in rows if r["model"] not in r.get("surrogates", "").split("+")])
+        sets.append([r for r in rows if r["model"] not in r["surrogates"].split("+")])
     rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"]))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -498,8 +498,8 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     assert got["clean"]["people"] == {p: [0, 0] for p in people} and got["swapped"]["people"] == {p: [1, 0] for p in people}
     assert got["blank"]["people"] == {p: [1, 0] for p in people}  # a face not found counts as protected
     held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
-    assert "| sface | arcface-mbf | 80 | as written | 3 | 0.0 | 0-" in held and "| 0 | 90.0 short (3 people) |" in held
-    assert "| sface | arcface-mbf | 80 | as written | 3 | 100.0 |" in held and "| 0 | met |" in held
+    assert "| sface | arcface-mbf | 80 | as written | 3 | 0.0 | 0-" in held and "| 0.0 | 90.0 points short (3 people) |" in held
+    assert "| sface | arcface-mbf | 80 | as written | 3 | 100.0 |" in held and "| 0.0 | met |" in held
 
 
 def test_pooled_field_sets_count_each_person_once():
@@ -521,12 +521,15 @@ def test_pooled_field_sets_count_each_person_once():
     assert abs(r["face_psnr"] - (27.0 * 40 + 28.0 * 78) / 118) < 1e-9
     lo, hi = wilson_interval(112, 118)
     assert lo < 112 / 118 < hi and 0.88 < lo and hi < 0.98
-    assert wilson_interval(40, 40)[1] == 1.0 and wilson_interval(0, 40)[0] == 0.0
+    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 60))
     assert "| 118 | 94.9 |" in held_out_markdown([r]) and "| met |" in held_out_markdown([r])
     short = held_out_markdown([a])  # 35 of 40 = 87.5: 36 are needed for 90%
-    assert "| 40 | 87.5 |" in short and "2.5 short (1 person)" in short
+    assert "| 40 | 87.5 |" in short and "2.5 points short (1 person)" in short
+    assert "| met |" in held_out_markdown([row("c", {i: int(i >= 4) for i in range(40)}, 27.0)])  # exactly 36 of 40
     with pytest.raises(ValueError, match="score it again"):
         pool_rows([[{k: v for k, v in a.items() if k != "people"}]])
+    with pytest.raises(ValueError, match="one run per set"):  # two runs on the same masks would merge silently
+        pool_rows([[a, row("a2", {i: 1 for i in range(40)}, 27.0)]])
 
 
 @pytest.mark.slow

@@ -191,60 +191,74 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
 def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
     """The leave-one-out table: one row per (run, face size, re-encoding) with the score of the
     run's held-out model only (rows must hold just that model), how far it is from ``goal`` (in
-    people: how many more would have to be protected) and its 90% Wilson interval."""
+    points and in people: how many more would have to be protected) and its 90% Wilson interval."""
     lines = ["| held-out model | masks made on | face px | JPEG | people | protected (%) | 90% interval | clean (%) | goal | face PSNR | face SSIM |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        n = r["n"]
-        k = round(r["protected"] * n)
+        n, k = r["n"], protected_people(r)
         short = math.ceil(goal * n - 1e-9) - k
-        gap = "met" if short <= 0 else f"{100 * (goal - k / n):.1f} short ({short} {'person' if short == 1 else 'people'})"
+        gap = "met" if short <= 0 else f"{100 * (goal - k / n):.1f} points short ({short} {'person' if short == 1 else 'people'})"
         lo, hi = wilson_interval(k, n)
         lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | {n} | "
-                     f"{100 * k / n:.1f} | {100 * lo:.0f}-{100 * hi:.0f} | {100 * r['clean_protected']:.0f} | {gap} | {_quality(r)} |")
+                     f"{100 * k / n:.1f} | {100 * lo:.0f}-{100 * hi:.0f} | {100 * r['clean_protected']:.1f} | {gap} | {_quality(r)} |")
     return "\n".join(lines) + "\n"
 
 
+def protected_people(row: dict) -> int:
+    """How many of a row's people were protected: counted from its per-person results, or from
+    its rate (rows scored before those were recorded), which must then be a whole number of people."""
+    if "people" in row:
+        return sum(v[0] for v in row["people"].values())
+    k = round(row["protected"] * row["n"])
+    if abs(row["protected"] * row["n"] - k) > 1e-6:
+        raise ValueError(f"rate {row['protected']} of {row['n']} people is not a whole number of people")
+    return k
+
+
 def wilson_interval(k: int, n: int, z: float = 1.645) -> tuple[float, float]:
-    """Wilson score interval of a rate k / n (z = 1.645: 90%); on 40 people a cell's is about +-8 points."""
-    if n <= 0:
-        raise ValueError(f"an interval needs at least one person, got n={n}")
+    """Wilson score interval of a rate k / n (z = 1.645: 90%): about +-7 points on 40 people
+    near 90%, +-4 on 117."""
+    if not 0 <= k <= n or n <= 0:
+        raise ValueError(f"an interval needs 0 <= k <= n and n >= 1, got k={k}, n={n}")
     p = k / n
     mid = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, mid - half), min(1.0, mid + half)
+    return (0.0 if k == 0 else mid - half), (1.0 if k == n else mid + half)
 
 
 def pool_rows(sets: list[list[dict]]) -> list[dict]:
     """Held-out rows of several field sets as one: per (masks made on, model, face size,
     re-encoding), each person counted once (a person in two sets keeps the first set's result)
-    and the rates recomputed from the people; face PSNR/SSIM averaged over the sets, weighted by
-    their people. Rows need the per-person results that ``score_field`` records."""
+    and the rates recomputed from the people; face PSNR/SSIM averaged over the sets, each weighted
+    by the people it adds. Rows need the per-person results that ``score_field`` records; a set
+    may hold one run per key (the caller leaves out white-box rows)."""
     pooled: dict[tuple, dict] = {}
-    for rows in sets:
+    for i, rows in enumerate(sets):
+        seen = set()
         for r in rows:
             if "people" not in r:
                 raise ValueError(f"run {r.get('run')!r} ({r.get('face_px')} px, {r.get('model')}) has no per-person results: score it again with this version")
             key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"])
-            p = pooled.setdefault(key, {"surrogates": key[0], "model": key[1], "face_px": key[2], "jpeg": key[3], "runs": [], "people": {},
-                                        "_w": {"face_psnr": [], "face_ssim": []}})
-            p["runs"].append(r["run"])
-            new = {who: v for who, v in r["people"].items() if who not in p["people"]}
-            p["people"].update(new)
-            for q in ("face_psnr", "face_ssim"):
-                if r.get(q) is not None:
-                    p["_w"][q].append((r[q], len(new)))
+            if key in seen:
+                raise ValueError(f"set {i + 1} holds two runs of masks made on {key[0]} scored by {key[1]} at {key[2]} px, JPEG {key[3] or 'none'}: pool one run per set")
+            seen.add(key)
+            acc = pooled.setdefault(key, {"runs": [], "people": {}, "face_psnr": [], "face_ssim": []})
+            acc["runs"].append(r["run"])
+            new = {who: v for who, v in r["people"].items() if who not in acc["people"]}
+            acc["people"].update(new)
+            for metric in ("face_psnr", "face_ssim"):
+                if r.get(metric) is not None:
+                    acc[metric].append((r[metric], len(new)))
     out = []
-    for p in pooled.values():
-        w = p.pop("_w")
-        n = len(p["people"])
-        p |= {"run": "+".join(p.pop("runs")), "n": n,
-              "protected": sum(v[0] for v in p["people"].values()) / n,
-              "clean_protected": sum(v[1] for v in p["people"].values()) / n}
-        for q, vals in w.items():
-            total = sum(c for _, c in vals)
-            p[q] = sum(v * c for v, c in vals) / total if total else None
-        out.append(p)
+    for (surrogates, model, px, jpeg), acc in pooled.items():
+        people = acc["people"]
+        n = len(people)
+        row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg, "n": n,
+               "protected": sum(v[0] for v in people.values()) / n, "clean_protected": sum(v[1] for v in people.values()) / n}
+        for metric in ("face_psnr", "face_ssim"):
+            total = sum(c for _, c in acc[metric])
+            row[metric] = sum(v * c for v, c in acc[metric]) / total if total else None
+        out.append(row | {"people": people})
     return out
 
 
@@ -254,4 +268,4 @@ def _quality(row: dict) -> str:
     return (f"{psnr:.1f}" if psnr else "-") + " | " + (f"{ssim:.3f}" if ssim else "-")
 
 
-__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "pool_rows", "rank1_protected", "score_field", "wilson_interval"]
+__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "pool_rows", "protected_people", "rank1_protected", "score_field", "wilson_interval"]
