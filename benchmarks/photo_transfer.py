@@ -73,7 +73,7 @@ def main() -> None:
     if a.cmd == "pool":
         return pool(a)
     if a.cmd == "table":
-        rows = [r for f in a.folders for r in json.loads((Path(f) / "results.json").read_text())]
+        rows = [r for f in a.folders for r in read_rows(f)]
     else:
         from tipim.models import ZooEmbedder
 
@@ -84,11 +84,22 @@ def main() -> None:
     for r in rows:  # what made each run's masks, for the held-out tables (pool)
         if r["run"] in white:
             r["surrogates"] = "+".join(white[r["run"]])
-    out = Path(a.out)
+    write_rows(a.out, rows)
+    write_table(a.out, markdown(rows, white))
+
+
+def read_rows(folder) -> list[dict]:
+    return json.loads((Path(folder) / "results.json").read_text())
+
+
+def write_rows(folder, rows: list[dict]) -> None:
+    out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    table = markdown(rows, white)
-    (out / "results.md").write_text(table)
+
+
+def write_table(folder, table: str) -> None:
+    (Path(folder) / "results.md").write_text(table)
     print(table)
 
 
@@ -99,17 +110,13 @@ def pool(a) -> None:
 
     sets = []
     for f in a.folders:
-        rows = json.loads((Path(f) / "results.json").read_text())
+        rows = read_rows(f)
         if any("surrogates" not in r for r in rows):
             raise SystemExit(f"{f}: rows without the models that made their masks; score with --surrogates LABEL=MODEL")
         sets.append([r for r in rows if r["model"] not in r["surrogates"].split("+")])
     rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"]))
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
-    table = held_out_markdown(rows)
-    (out / "results.md").write_text(table)
-    print(table)
+    write_rows(a.out, rows)
+    write_table(a.out, held_out_markdown(rows))
 
 
 def leave_one_out(a) -> None:
@@ -137,11 +144,9 @@ def leave_one_out(a) -> None:
             subprocess.run(cmd, check=False)  # exit 1 = some photo had no face; the manifest says which
             for r in score_field(field, {run.name: run}, model, a.jpeg):
                 rows.append(r | {"surrogates": "+".join(members)})
-            (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+            write_rows(out, rows)
     (out / "commands.txt").write_text("\n".join(commands) + "\n")
-    table = held_out_markdown(rows)
-    (out / "results.md").write_text(table)
-    print(table)
+    write_table(out, held_out_markdown(rows))
 
 
 if __name__ == "__main__":

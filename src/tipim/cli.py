@@ -257,9 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     cfg = parser.parse_args(argv)
     path = (cfg.command,) + ((cfg[cfg.command].action,) if "action" in cfg[cfg.command] else ())
-    args = cfg[cfg.command] if len(path) == 1 else cfg[cfg.command][path[1]]
-    from tipim.io import OutputBusyError
+    args = cfg[".".join(path)]
+    errors: tuple = (FileNotFoundError, KeyError, ValueError)  # bad config or input: say what and how to fix
+    if protect:
+        from tipim.io import OutputBusyError
 
+        errors += (OutputBusyError,)
     try:
         if protect:
             from tipim.lightning.cli import build, resolve, run
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             return run(build(parser.protect_parser, args))
         return HANDLERS[path](args)
-    except (FileNotFoundError, KeyError, ValueError, OutputBusyError) as e:  # bad config or input: say what and how to fix
+    except errors as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"tipim {' '.join(path)}: error: {msg}", file=sys.stderr)
         return 2

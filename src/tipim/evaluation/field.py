@@ -159,17 +159,22 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
                 cfound = [(p, c) for p, c in zip(people, seen_clean) if c is not None]
                 cemb = embed_crops(model, torch.stack([c for _, c in cfound])) if cfound else torch.zeros(0)
                 cprot = {p: rank1_protected(e, p, g, ids) for (p, _), e in zip(cfound, cemb)}
-                n, missing = len(people), len(people) - len(found)
+                # per person, [protected, clean protected] (a face not found counts as protected): lets sets be pooled
+                outcome = {p: [int(prot.get(p, True)), int(cprot.get(p, True))] for p in people}
                 rows.append({
-                    "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, "model": m, "n": n,
-                    "protected": (sum(prot.values()) + missing) / n, "missing": missing,
-                    "clean_protected": (sum(cprot.values()) + n - len(cfound)) / n,
+                    "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, "model": m, "n": len(people),
+                    **_rates(outcome), "missing": len(people) - len(found),
                     "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
                     "face_ssim": float(np.nanmean(ssim)) if ssim and not np.isnan(ssim).all() else None,
-                    # per person, [protected, clean protected] (a face not found counts as protected): lets sets be pooled
-                    "people": {p: [int(prot.get(p, True)), int(cprot.get(p, True))] for p in people},
+                    "people": outcome,
                 })
     return rows
+
+
+def _rates(people: dict[str, list[int]]) -> dict[str, float]:
+    """The protection and clean rates of per-person ``[protected, clean protected]`` results."""
+    n = len(people)
+    return {"protected": sum(v[0] for v in people.values()) / n, "clean_protected": sum(v[1] for v in people.values()) / n}
 
 
 def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> str:
@@ -253,8 +258,7 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
     for (surrogates, model, px, jpeg), acc in pooled.items():
         people = acc["people"]
         n = len(people)
-        row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg, "n": n,
-               "protected": sum(v[0] for v in people.values()) / n, "clean_protected": sum(v[1] for v in people.values()) / n}
+        row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg, "n": n, **_rates(people)}
         for metric in ("face_psnr", "face_ssim"):
             total = sum(c for _, c in acc[metric])
             row[metric] = sum(v * c for v, c in acc[metric]) / total if total else None

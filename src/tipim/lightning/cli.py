@@ -169,7 +169,7 @@ def resolve(parser, cfg: Namespace, reparse, need_photos: bool = True) -> Namesp
                              "(tipim protect PHOTO...) or what the config names (drop the photos)")
         data.photos = cfg.photos
     for flag, key in PHOTO_FLAGS.items():
-        value = cfg[flag.replace("-", "_")]
+        value = cfg[flag]
         if value is None:
             continue
         if key not in data:
