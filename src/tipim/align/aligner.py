@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tipim.align.transform import ARCFACE_SIZE, ARCFACE_TEMPLATE, estimate_similarity, warp_to_template
+from tipim.align.transform import ARCFACE_SIZE, ARCFACE_TEMPLATE, estimate_similarity
 from tipim.io import ImageReadError, append_jsonl, list_images, load_rgb, read_jsonl, save_png
 
 MULTI_POLICIES = ("center", "largest", "all", "error")
@@ -29,10 +29,11 @@ class Face:
 
 def align_crop(image: np.ndarray, landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The ArcFace-aligned crop of one face and the 2x3 photo->crop matrix."""
+    from tipim.align.paste import crop_faces
+
     m = estimate_similarity(torch.as_tensor(landmarks, dtype=torch.float32), ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
-    img = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
-    crop = warp_to_template(img, m[None], size)[0]
-    return (crop.permute(1, 2, 0).clamp(0, 1) * 255.0).round().byte().numpy(), m.numpy()
+    crop = crop_faces(image, m[None], size)[0]
+    return (crop.permute(1, 2, 0) * 255.0).round().byte().numpy(), m.numpy()
 
 
 class FaceAligner:

@@ -141,7 +141,7 @@ class AttackStatsLogger(Callback):
             "attack/target_changes": float(outputs["changes"].float().mean()),
             **({"attack/greedy_chose_nearest": float((outputs["choice_rank"] == 0).float().mean())} if outputs["choice_rank"].numel() else {}),
             "attack/faces_per_s": n / max(outputs["seconds"], 1e-9),
-            "attack/linf_levels": float((outputs["x_p"].int() - outputs["x_r"].int()).abs().max()),
+            "attack/linf_levels": float(max(int((p.int() - r.int()).abs().max()) for p, r in zip(outputs["x_p"], outputs["x_r"]))),
         }
         step = batch_idx * trainer.world_size + trainer.global_rank
         for logger in trainer.loggers:
@@ -151,9 +151,8 @@ class AttackStatsLogger(Callback):
 
     def _log_panel(self, trainer, outputs) -> None:
         n = min(self.log_images, len(outputs["x_p"]))
-        x_r, x_p = outputs["x_r"][:n].int(), outputs["x_p"][:n].int()
-        mask = ((x_p - x_r) * 10 + 128).clamp(0, 255)
-        rows = [torch.cat([a, b, c], dim=2).permute(1, 2, 0).to(torch.uint8).numpy() for a, b, c in zip(x_r, x_p, mask)]
+        pairs = [(r.int(), p.int()) for r, p in zip(outputs["x_r"][:n], outputs["x_p"][:n])]  # photos: one size per face
+        rows = [torch.cat([a, b, ((b - a) * 10 + 128).clamp(0, 255)], dim=2).permute(1, 2, 0).to(torch.uint8).numpy() for a, b in pairs]
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key="faces/original_protected_mask", images=rows, caption=[f"target {t}" for t in outputs["target"][:n]])

@@ -34,7 +34,7 @@ def mmd_groups(batch: dict, group: int) -> torch.Tensor:
         return torch.arange(len(batch["id"])) // group
     labels, base = [], 0
     for photo in batch["photos"]:
-        n = len(photo["regions"])
+        n = photo["faces"]
         labels.append(base + torch.arange(n) // group)
         base += -(-n // group)
     return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
@@ -173,27 +173,21 @@ class ProtectionModule(L.LightningModule):
         return tuple(t.cpu() for t in judge(e_p, e_r, self.target_embeddings, self.attack.metric))
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        if "photos" in batch:
+            return self._protect_photo_faces(batch)
         ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
-        out = {k: batch[k] for k in ("id", "source", "error", "photos") if k in batch}
+        out = {k: batch[k] for k in ("id", "source", "error") if k in batch}
         out["ok"] = ok
         if not ok.any():
             return out
         x_r = batch["image"][ok.to(batch["image"].device)]
-        view = None
-        if "view_matrices" in batch:  # photo regions: the surrogate sees them through their crops
-            from tipim.align.paste import CropView
-
-            view = CropView(batch["view_matrices"][ok], batch["view_sizes"][ok]).to(x_r.device)
         ids = [i for i, good in zip(batch["id"], ok.tolist()) if good]
-        rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
-        groups = mmd_groups(batch, self.mmd_group)[ok].to(x_r.device)
         start = time.perf_counter()
-        with torch.enable_grad():
-            r = self.attack(x_r, self.target_embeddings, view=view, rng=rng, groups=groups)
+        r = self._attack(x_r, ids, mmd_groups(batch, self.mmd_group)[ok].to(x_r.device))
         out.update(
             x_r=(x_r * 255).round().to(torch.uint8).cpu(),
             # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding
-            x_p=quantise_within(r.x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0).cpu(),
+            x_p=self._quantise(r.x_p, x_r).cpu(),
             target=[self.target_names[i] for i in r.target.tolist()],
             chosen=[self.target_names[i] for i in r.chosen.tolist()],
             changes=r.changes.cpu(),
@@ -205,5 +199,81 @@ class ProtectionModule(L.LightningModule):
         )
         return out
 
+    def _attack(self, x_r: torch.Tensor, ids: list[str], groups: torch.Tensor, view: nn.Module | None = None):
+        rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
+        with torch.enable_grad():
+            return self.attack(x_r, self.target_embeddings, view=view, rng=rng, groups=groups)
 
-__all__ = ["ProtectionModule", "face_seed", "mmd_groups"]
+    def _quantise(self, x_p: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
+        return quantise_within(x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0)
+
+    def _protect_photo_faces(self, batch: dict) -> dict:
+        """The faces of a batch of photos, attacked in buckets of similar size (``size_buckets``),
+        each face padded only to its bucket. Per face: ``x_r``/``x_p`` (uint8, its own mask
+        variable's pixels: region or mask grid) and, for a face on a mask grid, ``mask`` (float)."""
+        from tipim.align.paste import CropView, GridMaskView
+
+        out = {k: batch[k] for k in ("id", "source", "error", "photos")}
+        n = len(batch["id"])
+        out["ok"] = torch.ones(n, dtype=torch.bool)
+        if not n:
+            return out
+        regions, sizes, grids = batch["regions"], batch["view_sizes"].cpu(), batch["view_grids"]
+        groups = mmd_groups(batch, self.mmd_group)
+        faces: list[dict] = [{} for _ in range(n)]
+        losses, ranks, start = [], [], time.perf_counter()
+        for idx in size_buckets(sizes, groups):
+            h, w = (int(v) for v in sizes[idx].max(0).values)
+            x_r = regions[idx[0]].new_zeros(len(idx), 3, h, w)
+            for j, i in enumerate(idx):
+                x_r[j, :, : sizes[i, 0], : sizes[i, 1]] = regions[i]
+            view = CropView(batch["view_matrices"][idx], sizes[idx]).to(x_r.device)
+            if any(grids[i] > 1 for i in idx):
+                view = GridMaskView(view, x_r, [grids[i] for i in idx], sizes[idx])
+            r = self._attack(x_r, [batch["id"][i] for i in idx], groups[idx].to(x_r.device), view)
+            x_p8, x_r8 = self._quantise(r.x_p, x_r).cpu(), (x_r * 255).round().to(torch.uint8).cpu()
+            for j, i in enumerate(idx):
+                hh, ww = int(sizes[i, 0]), int(sizes[i, 1])
+                faces[i] = {"x_r": x_r8[j, :, :hh, :ww], "x_p": x_p8[j, :, :hh, :ww], "target": int(r.target[j]), "chosen": int(r.chosen[j]),
+                            "changes": r.changes[j].cpu(), "d_r": r.d_r[j].cpu(), "d_t": r.d_t[j].cpu(), "rank": r.choice_rank[:, j].cpu(),
+                            "mask": (r.x_p[j, :, :hh, :ww] - x_r[j, :, :hh, :ww]).cpu() if grids[i] > 1 else None}
+            losses.append((r.loss, len(idx)))
+        out.update(
+            x_r=[f["x_r"] for f in faces],
+            x_p=[f["x_p"] for f in faces],
+            mask=[f["mask"] for f in faces],
+            grids=list(grids),
+            target=[self.target_names[f["target"]] for f in faces],
+            chosen=[self.target_names[f["chosen"]] for f in faces],
+            changes=torch.stack([f["changes"] for f in faces]),
+            choice_rank=torch.stack([f["rank"] for f in faces]),
+            d_r=torch.stack([f["d_r"] for f in faces]),
+            d_t=torch.stack([f["d_t"] for f in faces]),
+            objective=sum(loss * k for loss, k in losses) / n,
+            seconds=time.perf_counter() - start,
+        )
+        return out
+
+
+def size_buckets(sizes: torch.Tensor, groups: torch.Tensor, waste: float = 1.5) -> list[list[int]]:
+    """Faces (indices) in buckets attacked together, each padded to its bucket's largest face.
+    A bucket holds whole MMD groups (``groups``), so buckets change no result; groups join a bucket
+    of similar sizes while its padded pixels stay within ``waste`` times its faces' own pixels:
+    one big face never pads a crowd of small ones."""
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups.tolist()):
+        members.setdefault(g, []).append(i)
+    area = lambda idx: sum(int(sizes[i, 0]) * int(sizes[i, 1]) for i in idx)  # noqa: E731
+    buckets: list[list[int]] = []
+    for idx in sorted(members.values(), key=lambda idx: (-area(idx) / len(idx), idx[0])):
+        if buckets:
+            cand = buckets[-1] + idx
+            h, w = (int(v) for v in sizes[cand].max(0).values)
+            if h * w * len(cand) <= waste * area(cand):
+                buckets[-1] = cand
+                continue
+        buckets.append(list(idx))
+    return [sorted(b) for b in buckets]
+
+
+__all__ = ["ProtectionModule", "face_seed", "mmd_groups", "size_buckets"]

@@ -11,7 +11,7 @@ from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
 
 from tipim.align.aligner import DETECT_SIZE
-from tipim.align.paste import face_region, region_matrix
+from tipim.align.paste import face_region, grid_matrix, mask_grid_factor, region_matrix, to_grid
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
 from tipim.io import MAX_PIXELS, READABLE, ImageReadError, load_rgb
 from tipim.lightning.callbacks import RunProgress
@@ -41,7 +41,7 @@ class PhotoFolder(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
-        row = {"id": item.id, "source": item.path, "photo": None, "regions": [], "rects": [], "matrices": torch.zeros(0, 2, 3),
+        row = {"id": item.id, "source": item.path, "photo": None, "regions": [], "rects": [], "grids": [], "matrices": torch.zeros(0, 2, 3),
                "region_matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
         try:
             photo = load_rgb(item.path, self.max_pixels)
@@ -57,28 +57,30 @@ class PhotoFolder(Dataset):
         if not faces:
             return row | {"photo": photo, "error": f"{item.path}: {NO_FACE_HINT}", "status": "no_face"}
         rects = [face_region(f.matrix, h, w) for f in faces]
-        regions = [torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).contiguous() for x0, y0, x1, y1 in rects]
-        return row | {"photo": photo, "regions": regions, "rects": rects, "matrices": torch.tensor([f.matrix for f in faces]),
-                      "region_matrices": torch.stack([region_matrix(f.matrix, r[0], r[1]) for f, r in zip(faces, rects)]).float(),
-                      "boxes": [[round(v, 1) for v in f.box] for f in faces]}
+        grids = [mask_grid_factor(f.matrix) for f in faces]
+        # each face's mask variable: its region's pixels, or its mask grid (box averages) for a large face
+        regions = [to_grid(torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1), s) for (x0, y0, x1, y1), s in zip(rects, grids)]
+        view = [grid_matrix(region_matrix(f.matrix, r[0], r[1]), s) for f, r, s in zip(faces, rects, grids)]
+        return row | {"photo": photo, "regions": regions, "rects": rects, "grids": grids, "matrices": torch.tensor([f.matrix for f in faces]),
+                      "region_matrices": torch.stack(view).float(), "boxes": [[round(v, 1) for v in f.box] for f in faces]}
 
 
 def collate_photos(rows: list[dict]) -> dict:
-    """The faces of a batch of photos as one batch of photo regions (ids ``photo#k``), padded to
-    the largest; ``view_matrices``/``view_sizes`` let ``CropView`` show each as its aligned crop."""
-    ids, sources, regions = [], [], []
+    """The faces of a batch of photos (ids ``photo#k``) as a list of their mask variables
+    (``regions``: each face's region, or its mask grid, unpadded: ``ProtectionModule`` pads them
+    in buckets of similar size); ``view_matrices``/``view_sizes`` let ``CropView`` show each as
+    its aligned crop, ``view_grids`` are their mask-grid factors. Each photo row keeps its
+    ``faces`` count, not the regions (a batch moved to a device carries each region once)."""
+    ids, sources, regions, photos = [], [], [], []
     for r in rows:
         ids += [f"{r['id']}#{k}" for k in range(len(r["regions"]))]
         sources += [r["source"]] * len(r["regions"])
         regions += r["regions"]
-    h = max((x.shape[1] for x in regions), default=112)
-    w = max((x.shape[2] for x in regions), default=112)
-    image = torch.zeros(len(regions), 3, h, w)
-    for i, x in enumerate(regions):
-        image[i, :, : x.shape[1], : x.shape[2]] = x.float() / 255.0
-    return {"id": ids, "source": sources, "error": [""] * len(ids), "image": image, "photos": rows,
+        photos.append({k: v for k, v in r.items() if k != "regions"} | {"faces": len(r["regions"])})
+    return {"id": ids, "source": sources, "error": [""] * len(ids), "regions": regions, "photos": photos,
             "view_matrices": torch.cat([r["region_matrices"] for r in rows]),
-            "view_sizes": torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2)}
+            "view_sizes": torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2),
+            "view_grids": [s for r in rows for s in r["grids"]]}
 
 
 class PhotoDataModule(RunData):

@@ -49,12 +49,12 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        from tipim.align.paste import crop_faces, paste_regions
+        from tipim.align.paste import crop_faces, paste_regions, protect_region
 
         eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
         k = 0
         for photo in prediction["photos"]:
-            n = len(photo["regions"])
+            n = photo["faces"]
             sl = slice(k, k + n)
             k += n
             rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
@@ -70,28 +70,38 @@ class ProtectedPhotoWriter(ManifestWriter):
             try:
                 if eps is None:
                     raise ValueError("photos need an L-inf bound (norm: linf)")
-                x_r, x_p, m = prediction["x_r"][sl], prediction["x_p"][sl], photo["matrices"].cpu()  # Lightning moved the batch
-                protected, _ = paste_regions(photo["photo"], x_r, x_p, photo["rects"], eps)
+                src, m = photo["photo"], photo["matrices"].cpu()  # Lightning moved the batch
+                regions_r, regions_p = [], []
+                for (x0, y0, x1, y1), s, x_r, x_p, mask in zip(photo["rects"], prediction["grids"][sl], prediction["x_r"][sl],
+                                                               prediction["x_p"][sl], prediction["mask"][sl]):
+                    if s > 1:  # a mask grid: the mask upsampled onto the region's photo pixels
+                        x_r = torch.from_numpy(src[y0:y1, x0:x1]).permute(2, 0, 1)
+                        x_p = protect_region(x_r, mask, s)
+                    regions_r.append(x_r)
+                    regions_p.append(x_p)
+                protected = paste_regions(src, regions_r, regions_p, photo["rects"], eps)
+                del regions_r, regions_p
                 exif = _exif_kept(photo["source"]) if self.keep_metadata else None
                 atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
-                src = photo["photo"].astype(np.int16)
-                written = load_rgb(out).astype(np.int16)
-                linf = int(np.abs(written - src).max())
+                linf_before = max_change(protected, src)
+                del protected
+                written = load_rgb(out)
+                linf = max_change(written, src)
                 lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
                 if lossless and linf > eps:
                     raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
-                written8, original = written.astype(np.uint8), crop_faces(photo["photo"], m)
-                d_r, d_t, t = pl_module.judge_crops(crop_faces(written8, m), original)  # cropped as the aligner crops
+                original = crop_faces(src, m)
+                d_r, d_t, t = pl_module.judge_crops(crop_faces(written, m), original)  # cropped as the aligner crops
                 faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
                           "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
                           "surrogate_success": bool(surrogate_success(d_t[j], d_r[j]))} for j in range(n)]
                 if self.checker is not None:
                     clean = (original * 255).round().to(torch.uint8)
-                    for face, verdict in zip(faces, self.checker(written8, clean, photo["boxes"])):
+                    for face, verdict in zip(faces, self.checker(written, clean, photo["boxes"])):
                         face["independent"] = verdict
                     rec["check_models"] = self.checker.names
                 rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
-                        "linf_before_encoding": int(np.abs(protected.astype(np.int16) - src).max()), "status": "ok", "error": None}
+                        "linf_before_encoding": linf_before, "status": "ok", "error": None}
             except Exception as e:  # one photo never stops the run
                 out.unlink(missing_ok=True)
                 rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
@@ -102,6 +112,13 @@ class ProtectedPhotoWriter(ManifestWriter):
                 say(rec["error"])
 
 
+def max_change(a: np.ndarray, b: np.ndarray, rows: int = 256) -> int:
+    """max |a - b| over two uint8 photos, in uint8 a band of rows at a time (no full-size copies)."""
+    if a.shape != b.shape:
+        raise ValueError(f"the written photo is {a.shape[1]}x{a.shape[0]}, the original {b.shape[1]}x{b.shape[0]}")
+    return max((int((np.maximum(a[i : i + rows], b[i : i + rows]) - np.minimum(a[i : i + rows], b[i : i + rows])).max()) for i in range(0, len(a), rows)), default=0)
+
+
 def say(message: str, what: str = "skipped") -> None:
     """A problem with one photo, printed above the progress bar; the run goes on."""
     from tqdm.auto import tqdm
@@ -109,4 +126,4 @@ def say(message: str, what: str = "skipped") -> None:
     tqdm.write(f"{what}: {message}", file=sys.stderr)
 
 
-__all__ = ["FORMATS", "ProtectedPhotoWriter", "say"]
+__all__ = ["FORMATS", "ProtectedPhotoWriter", "max_change", "say"]
