@@ -41,6 +41,7 @@ def main() -> None:
     s.add_argument("--runs", nargs="+", required=True)
     s.add_argument("--models", nargs="+", default=list(MODELS), help="recognisers to score with (default: every zoo model)")
     s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
+    s.add_argument("--resample", nargs="+", default=["warp"], choices=["warp", "area"], help="the attacker's crop: the aligner's warp, and/or an area resize of the photo first")
     s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
     s.add_argument("--out", required=True)
     t = sub.add_parser("table", help="one table from several score folders (rows as scored)")
@@ -79,7 +80,7 @@ def main() -> None:
 
         models = {m: ZooEmbedder(m) for m in a.models}
         runs = {Path(r).name: r for r in a.runs}
-        rows = score_field(a.field, runs, models, a.jpeg)
+        rows = score_field(a.field, runs, models, a.jpeg, a.resample)
     white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
     for r in rows:  # what made each run's masks, for the held-out tables (pool)
         if r["run"] in white:
@@ -114,7 +115,7 @@ def pool(a) -> None:
         if any("surrogates" not in r for r in rows):
             raise SystemExit(f"{f}: rows without the models that made their masks; score with --surrogates LABEL=MODEL")
         sets.append([r for r in rows if r["model"] not in r["surrogates"].split("+")])
-    rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"]))
+    rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"], r.get("resample", "")))
     write_rows(a.out, rows)
     write_table(a.out, held_out_markdown(rows))
 

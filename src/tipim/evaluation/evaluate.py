@@ -72,18 +72,35 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
     return {"method": first["method"], "surrogates": first["surrogates"], "run": str(run_dir)}, ok
 
 
-def attacker_sees(photo: np.ndarray, jpeg: int, aligner):
+RESAMPLERS = ("warp", "area")
+
+
+def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp"):
     """What a recognition service takes from a posted photo: re-encoded at JPEG ``jpeg`` (0: as
-    written), the first face the aligner keeps (``multi='center'``: nearest the centre), or None."""
+    written), the first face the aligner keeps (``multi='center'``: nearest the centre), or None.
+    ``resample``: ``warp`` crops with the aligner's bilinear warp (a few photo pixels per crop
+    pixel are read); ``area`` first shrinks the photo with an area (box) filter until the face is
+    at about crop scale, then aligns: a service that downsizes uploads, and a resampler that
+    tipim's own crop does not use, so a mask that lived on a sub-grid of pixels would show."""
     import io as _io
 
     from PIL import Image
 
     from tipim.io import encode_image
 
+    if resample not in RESAMPLERS:
+        raise ValueError(f"resample must be one of {RESAMPLERS}, got {resample!r}")
     if jpeg:
         photo = np.array(Image.open(_io.BytesIO(encode_image(photo, "jpeg", jpeg))).convert("RGB"))
     faces, _ = aligner.faces(photo)
+    if resample == "area" and faces:
+        from tipim.align.paste import photo_pixels_per_crop_pixel
+
+        f = photo_pixels_per_crop_pixel(faces[0].matrix)
+        if f > 1.5:
+            h, w = photo.shape[:2]
+            small = np.asarray(Image.fromarray(photo).resize((max(1, round(w / f)), max(1, round(h / f))), Image.BOX))
+            faces, _ = aligner.faces(small)
     return faces[0] if faces else None
 
 

@@ -78,11 +78,11 @@ def _gallery(field: dict, model, name: str, cache: Path, aligner) -> tuple[torch
     return saved["emb"], saved["ids"]
 
 
-def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner) -> list[torch.Tensor | None]:
+def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner, resample: str = "warp") -> list[torch.Tensor | None]:
     """``attacker_sees`` for each photo, as (3, 112, 112) uint8 crops (None: no face found)."""
     from tipim.evaluation.evaluate import attacker_sees
 
-    faces = [attacker_sees(img, jpeg, aligner) for img in photos]
+    faces = [attacker_sees(img, jpeg, aligner, resample) for img in photos]
     return [torch.from_numpy(f.crop).permute(2, 0, 1) if f is not None else None for f in faces]
 
 
@@ -116,10 +116,10 @@ def face_ssim(a: np.ndarray, b: np.ndarray, box) -> float:
     return float(structural_similarity_index_measure(t(b), t(a), data_range=255.0))
 
 
-def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75)) -> list[dict]:
+def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75), resamplers=("warp",)) -> list[dict]:
     """``runs``: label -> photo run folder made from ``photos-<size>`` (label ``name@size``).
-    One row per (run, jpeg, model): protection rate, the clean rate on the same photos, missing
-    faces, and the mean PSNR and SSIM over the protected face boxes."""
+    One row per (run, jpeg, attacker resampler, model): protection rate, the clean rate on the
+    same photos, missing faces, and the mean PSNR and SSIM over the protected face boxes."""
     from tipim.align.aligner import FaceAligner
     from tipim.evaluation.evaluate import read_run
 
@@ -145,11 +145,11 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
             written.append(img)
             psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
             ssim += [face_ssim(clean, img, f["box"]) for f in r["faces"]]
-        for q in jpegs:
-            seen = attacker_crops(written, q, aligner)
-            key = (size, q, tuple(people))
+        for q, resample in ((q, rs) for q in jpegs for rs in resamplers):
+            seen = attacker_crops(written, q, aligner, resample)
+            key = (size, q, resample, tuple(people))
             if key not in clean_seen:
-                clean_seen[key] = attacker_crops(clean_photos, q, aligner)
+                clean_seen[key] = attacker_crops(clean_photos, q, aligner, resample)
             seen_clean = clean_seen[key]
             for m, model in models.items():
                 g, ids = galleries[m]
@@ -162,7 +162,8 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
                 # per person, [protected, clean protected] (a face not found counts as protected): lets sets be pooled
                 outcome = {p: [int(prot.get(p, True)), int(cprot.get(p, True))] for p in people}
                 rows.append({
-                    "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, "model": m, "n": len(people),
+                    "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, **({"resample": resample} if resample != "warp" else {}),
+                    "model": m, "n": len(people),
                     **_rates(outcome), "missing": len(people) - len(found),
                     "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
                     "face_ssim": float(np.nanmean(ssim)) if ssim and not np.isnan(ssim).all() else None,
@@ -183,13 +184,13 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
     models = list(dict.fromkeys(r["model"] for r in rows))
     lines = ["| run | face px | JPEG | " + " | ".join(models) + " | clean (" + ", ".join(models) + ") | face PSNR | face SSIM |",
              "|---|---|---|" + "---|" * len(models) + "---|---|---|"]
-    keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"]) for r in rows))
-    for run, px, q in keys:
-        cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"]) == (run, px, q)}
+    keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"], r.get("resample")) for r in rows))
+    for run, px, q, rs in keys:
+        cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"], r.get("resample")) == (run, px, q, rs)}
         star = lambda m: "*" if held_out and m in held_out.get(run, []) else ""  # noqa: E731
         vals = " | ".join(f"{100 * cells[m]['protected']:.0f}{star(m)}" for m in models)
         clean = ", ".join(f"{100 * cells[m]['clean_protected']:.0f}" for m in models)
-        lines.append(f"| {run} | {px} | {q or 'as written'} | {vals} | {clean} | {_quality(next(iter(cells.values())))} |")
+        lines.append(f"| {run} | {px} | {_seen(next(iter(cells.values())))} | {vals} | {clean} | {_quality(next(iter(cells.values())))} |")
     return "\n".join(lines) + "\n"
 
 
@@ -204,7 +205,7 @@ def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
         short = math.ceil(goal * n - 1e-9) - k
         gap = "met" if short <= 0 else f"{100 * (goal - k / n):.1f} points short ({short} {'person' if short == 1 else 'people'})"
         lo, hi = wilson_interval(k, n)
-        lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {r['jpeg'] or 'as written'} | {n} | "
+        lines.append(f"| {r['model']} | {r.get('surrogates', '?')} | {r['face_px']} | {_seen(r)} | {n} | "
                      f"{100 * k / n:.1f} | {100 * lo:.0f}-{100 * hi:.0f} | {100 * r['clean_protected']:.1f} | {gap} | {_quality(r)} |")
     return "\n".join(lines) + "\n"
 
@@ -243,7 +244,7 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
         for r in rows:
             if "people" not in r:
                 raise ValueError(f"run {r.get('run')!r} ({r.get('face_px')} px, {r.get('model')}) has no per-person results: score it again with this version")
-            key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"])
+            key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"], r.get("resample"))
             if key in seen:
                 raise ValueError(f"set {i + 1} holds two runs of masks made on {key[0]} scored by {key[1]} at {key[2]} px, JPEG {key[3] or 'none'}: pool one run per set")
             seen.add(key)
@@ -255,15 +256,22 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
                 if r.get(metric) is not None:
                     acc[metric].append((r[metric], len(new)))
     out = []
-    for (surrogates, model, px, jpeg), acc in pooled.items():
+    for (surrogates, model, px, jpeg, resample), acc in pooled.items():
         people = acc["people"]
         n = len(people)
-        row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg, "n": n, **_rates(people)}
+        row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg,
+               **({"resample": resample} if resample else {}), "n": n, **_rates(people)}
         for metric in ("face_psnr", "face_ssim"):
             total = sum(c for _, c in acc[metric])
             row[metric] = sum(v * c for v, c in acc[metric]) / total if total else None
         out.append(row | {"people": people})
     return out
+
+
+def _seen(row: dict) -> str:
+    """How the attacker re-encoded and cropped the photo: ``75``, ``as written``, ``75, area resize``."""
+    q = str(row["jpeg"] or "as written")
+    return q + (f", {row['resample']} resize" if row.get("resample") else "")
 
 
 def _quality(row: dict) -> str:

@@ -6,6 +6,8 @@ them back.
 
 from __future__ import annotations
 
+import time
+
 import torch
 from lightning.pytorch.callbacks import Callback
 from torch.utils.data import Dataset
@@ -40,7 +42,11 @@ class PhotoFolder(Dataset):
         return self._aligner
 
     def __getitem__(self, i: int) -> dict:
-        item = self.items[i]
+        start = time.perf_counter()
+        row = self._load(self.items[i])
+        return row | {"load_seconds": time.perf_counter() - start}
+
+    def _load(self, item: PhotoItem) -> dict:
         row = {"id": item.id, "source": item.path, "photo": None, "regions": [], "rects": [], "grids": [], "matrices": torch.zeros(0, 2, 3),
                "region_matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
         try:

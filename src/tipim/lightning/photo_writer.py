@@ -7,6 +7,8 @@ independent self-check).
 from __future__ import annotations
 
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -41,6 +43,7 @@ class ProtectedPhotoWriter(ManifestWriter):
         super().__init__(output_dir)
         self.output_format, self.quality, self.keep_metadata, self.check = output_format, quality, keep_metadata, check
         self.checker = None
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tipim-write")
 
     def on_predict_start(self, trainer, pl_module) -> None:
         from tipim.evaluation.selfcheck import IndependentCheck, independent_models
@@ -49,7 +52,7 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        from tipim.align.paste import crop_faces, paste_regions, protect_region
+        from tipim.align.paste import paste_regions, protect_region
 
         eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
         k = 0
@@ -67,6 +70,7 @@ class ProtectedPhotoWriter(ManifestWriter):
                 say(photo["error"])
                 continue
             out = self.output_dir / "images" / f"{photo['id']}{FORMATS[self.output_format]}"
+            job, start = None, time.perf_counter()
             try:
                 if eps is None:
                     raise ValueError("photos need an L-inf bound (norm: linf)")
@@ -81,28 +85,30 @@ class ProtectedPhotoWriter(ManifestWriter):
                     regions_p.append(x_p)
                 protected = paste_regions(src, regions_r, regions_p, photo["rects"], eps)
                 del regions_r, regions_p
-                exif = _exif_kept(photo["source"]) if self.keep_metadata else None
-                atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
                 linf_before = max_change(protected, src)
-                del protected
-                written = load_rgb(out)
-                linf = max_change(written, src)
+                exif = _exif_kept(photo["source"]) if self.keep_metadata else None
                 lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
+                # encode, write and read back in a thread (zlib and the decoder release the GIL); a lossless
+                # file holds exactly ``protected``, so the checks below run on it meanwhile
+                job = self.pool.submit(self._write_and_read, out, protected, exif)
+                written = protected if lossless else job.result()
+                faces = self._verdicts(pl_module, photo, src, written, m)
+                reread = job.result()
+                if lossless and not np.array_equal(reread, protected):
+                    raise RuntimeError(f"{out}: the file read back differs from the pixels written; refusing to keep it")
+                linf = max_change(reread, src)
                 if lossless and linf > eps:
                     raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
-                original = crop_faces(src, m)
-                d_r, d_t, t = pl_module.judge_crops(crop_faces(written, m), original)  # cropped as the aligner crops
-                faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
-                          "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
-                          "surrogate_success": bool(surrogate_success(d_t[j], d_r[j]))} for j in range(n)]
+                del protected, written, reread
                 if self.checker is not None:
-                    clean = (original * 255).round().to(torch.uint8)
-                    for face, verdict in zip(faces, self.checker(written, clean, photo["boxes"])):
-                        face["independent"] = verdict
                     rec["check_models"] = self.checker.names
+                share = prediction["seconds"] * n / max(len(prediction["id"]), 1)  # its faces' share of the batch's attack
+                seconds = {"load": photo["load_seconds"], "attack": share, "write": time.perf_counter() - start}
                 rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
-                        "linf_before_encoding": linf_before, "status": "ok", "error": None}
+                        "linf_before_encoding": linf_before, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "status": "ok", "error": None}
             except Exception as e:  # one photo never stops the run
+                if job is not None:
+                    job.exception()  # the file is finished (or failed) before it is removed
                 out.unlink(missing_ok=True)
                 rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
             append_jsonl(self.manifest, rec)
@@ -110,6 +116,27 @@ class ProtectedPhotoWriter(ManifestWriter):
                 self.done.add(photo["id"])
             else:
                 say(rec["error"])
+
+
+    def _write_and_read(self, out, protected: np.ndarray, exif: bytes | None) -> np.ndarray:
+        atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
+        return load_rgb(out)
+
+    def _verdicts(self, pl_module, photo: dict, src: np.ndarray, written: np.ndarray, m: torch.Tensor) -> list[dict]:
+        """Per face: the surrogate's verdict on the written photo re-cropped with the same
+        alignment, and the independent self-check on the face detected again."""
+        from tipim.align.paste import crop_faces
+
+        original = crop_faces(src, m)
+        d_r, d_t, t = pl_module.judge_crops(crop_faces(written, m), original)  # cropped as the aligner crops
+        faces = [{"box": photo["boxes"][j], "region": list(photo["rects"][j]), "target": pl_module.target_names[int(t[j])],
+                  "surrogate_d_r": round(float(d_r[j]), 5), "surrogate_d_t": round(float(d_t[j]), 5),
+                  "surrogate_success": bool(surrogate_success(d_t[j], d_r[j]))} for j in range(len(m))]
+        if self.checker is not None:
+            clean = (original * 255).round().to(torch.uint8)
+            for face, verdict in zip(faces, self.checker(written, clean, photo["boxes"])):
+                face["independent"] = verdict
+        return faces
 
 
 def max_change(a: np.ndarray, b: np.ndarray, rows: int = 256) -> int:
