@@ -23,7 +23,8 @@ import time
 from pathlib import Path
 
 SHIM = """import atexit, json, resource, sys
-atexit.register(lambda: open(sys.argv[1], "w").write(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})))
+stats = sys.argv[1]
+atexit.register(lambda: open(stats, "w").write(json.dumps({"peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6})))
 sys.argv = ["tipim", *sys.argv[2:]]
 from tipim.cli import main
 main()

@@ -104,16 +104,27 @@ def face_psnr(a: np.ndarray, b: np.ndarray, box) -> float:
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
-def face_ssim(a: np.ndarray, b: np.ndarray, box) -> float:
+def face_ssim(a: np.ndarray, b: np.ndarray, box, band: int = 256) -> float:
     """SSIM (torchmetrics, Gaussian window 11, on 8-bit RGB) over one face's box; NaN for a box
-    narrower than the window."""
+    narrower than the window. A tall box is measured ``band`` rows at a time, each band with the
+    5 rows around it that its windows read: the same SSIM map (torchmetrics on a 2,000-px face at
+    once takes tens of GB)."""
     from torchmetrics.functional.image import structural_similarity_index_measure
 
     rows, cols = _in_box(box)
-    if min(a[rows, cols].shape[:2]) < 11:
+    a, b = a[rows, cols], b[rows, cols]
+    if min(a.shape[:2]) < 11:
         return float("nan")
-    t = lambda im: torch.from_numpy(np.ascontiguousarray(im[rows, cols])).permute(2, 0, 1)[None].double()  # noqa: E731
-    return float(structural_similarity_index_measure(t(b), t(a), data_range=255.0))
+    t = lambda im: torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].double()  # noqa: E731
+    if len(a) <= band:
+        return float(structural_similarity_index_measure(t(b), t(a), data_range=255.0))
+    total, halo = 0.0, 5
+    for y0 in range(0, len(a), band):
+        y1 = min(len(a), y0 + band)
+        h0, h1 = max(0, y0 - halo), min(len(a), y1 + halo)
+        _, ssim_map = structural_similarity_index_measure(t(b[h0:h1]), t(a[h0:h1]), data_range=255.0, reduction="none", return_full_image=True)
+        total += float(ssim_map[..., y0 - h0 : y1 - h0, :].sum()) / 3  # the band's rows of the map, averaged over channels
+    return total / (len(a) * a.shape[1])
 
 
 def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75), resamplers=("warp",)) -> list[dict]:
@@ -128,29 +139,29 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
     aligner = FaceAligner(multi="center")
     galleries = {m: _gallery(field, model, m, field_dir, aligner) for m, model in models.items()}
     rows = []
-    clean_seen: dict[tuple, list] = {}  # the unprotected photos look the same in every run
+    clean_seen: dict[tuple, torch.Tensor | None] = {}  # (size, jpeg, resampler, person): the unprotected photos look the same in every run
     for label, run in runs.items():
         size = int(label.rsplit("@", 1)[1])
         _, ok = read_run(run)
         tried = {r["id"] for r in read_jsonl(Path(run) / "manifest.jsonl")}  # a run may cover a subset
         people = [p["identity"] for p in field["probes"] if p["identity"] in tried]
-        clean_photos = [load_rgb(field_dir / f"photos-{size}" / f"{p}.png") for p in people]
-        written, psnr, ssim = [], [], []
-        for p, clean in zip(people, clean_photos):
+        combos = [(q, rs) for q in jpegs for rs in resamplers]
+        crops: dict[tuple, list] = {c: [] for c in combos}
+        psnr, ssim = [], []
+        for p in people:  # one photo in memory at a time: large photos are tens of megapixels
+            clean = load_rgb(field_dir / f"photos-{size}" / f"{p}.png")
             r = ok.get(p)
-            if r is None:  # not protected: the user would post the photo as it is
-                written.append(clean)
-                continue
-            img = load_rgb(r["output"])
-            written.append(img)
-            psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
-            ssim += [face_ssim(clean, img, f["box"]) for f in r["faces"]]
-        for q, resample in ((q, rs) for q in jpegs for rs in resamplers):
-            seen = attacker_crops(written, q, aligner, resample)
-            key = (size, q, resample, tuple(people))
-            if key not in clean_seen:
-                clean_seen[key] = attacker_crops(clean_photos, q, aligner, resample)
-            seen_clean = clean_seen[key]
+            img = load_rgb(r["output"]) if r is not None else clean  # not protected: the user would post the photo as it is
+            if r is not None:
+                psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
+                ssim += [face_ssim(clean, img, f["box"]) for f in r["faces"]]
+            for q, resample in combos:
+                if (size, q, resample, p) not in clean_seen:
+                    clean_seen[(size, q, resample, p)] = attacker_crops([clean], q, aligner, resample)[0]
+                crops[(q, resample)].append(attacker_crops([img], q, aligner, resample)[0])
+            del clean, img
+        for q, resample in combos:
+            seen, seen_clean = crops[(q, resample)], [clean_seen[(size, q, resample, p)] for p in people]
             for m, model in models.items():
                 g, ids = galleries[m]
                 found = [(p, c) for p, c in zip(people, seen) if c is not None]

@@ -90,10 +90,21 @@ class ProtectedImageWriter(ManifestWriter):
 
 class RunProgress(Callback):
     """A progress bar over photos (or faces) with faces/s and time left; Lightning's own bar
-    counts batches. Drawn by rank 0 only."""
+    counts batches. Over photos it moves as each photo is written (``photo_done``, called by the
+    photo writer) and, while a batch is attacked, shows how many of its faces are done. Drawn by
+    rank 0 only."""
 
     def __init__(self, unit: str = "face"):
         self.unit, self.bar, self.faces, self.start = unit, None, 0, 0.0
+
+    def photo_done(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def faces_attacked(self, done: int, total: int) -> None:
+        """Called by the module after each bucket of faces of a batch."""
+        if self.bar is not None and done < total:
+            self.bar.set_postfix_str(f"{self.faces} faces, attacking this batch's: {done}/{total} done")
 
     def on_predict_start(self, trainer, pl_module) -> None:
         from tqdm.auto import tqdm
@@ -104,12 +115,15 @@ class RunProgress(Callback):
         total = sum(len(b) for b in sampler.batches) if hasattr(sampler, "batches") else None
         self.bar = tqdm(total=total, unit=self.unit, desc="protecting", file=sys.stderr, disable=trainer.global_rank != 0)
         self.start = time.perf_counter()
+        if self.unit == "photo":
+            pl_module.on_faces_attacked = self.faces_attacked
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         self.faces += len(batch["id"])
         rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{self.faces} faces, {rate:.2f} faces/s")
-        self.bar.update(len(batch["photos"]) if "photos" in batch else len(batch["id"]))
+        if self.unit != "photo":  # photos advance as they are written
+            self.bar.update(len(batch["id"]))
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.bar.close()

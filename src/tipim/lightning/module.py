@@ -132,6 +132,7 @@ class ProtectionModule(L.LightningModule):
         )
         self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
         self.log_images = log_images
+        self.on_faces_attacked = None  # (done, total) after each bucket of a photo batch: a progress bar's hook
         self.target_names: list[str] = []
         self.register_buffer("target_embeddings", torch.empty(0), persistent=False)
 
@@ -238,6 +239,8 @@ class ProtectionModule(L.LightningModule):
                             "changes": r.changes[j].cpu(), "d_r": r.d_r[j].cpu(), "d_t": r.d_t[j].cpu(), "rank": r.choice_rank[:, j].cpu(),
                             "mask": (r.x_p[j, :, :hh, :ww] - x_r[j, :, :hh, :ww]).cpu() if grids[i] > 1 else None}
             losses.append((r.loss, len(idx)))
+            if self.on_faces_attacked is not None:
+                self.on_faces_attacked(sum(k for _, k in losses), n)
         out.update(
             x_r=[f["x_r"] for f in faces],
             x_p=[f["x_p"] for f in faces],

@@ -168,7 +168,8 @@ class PhotoDataModule(RunData):
 
     def output_callbacks(self) -> list[Callback]:
         """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
-        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check), RunProgress("photo")]
+        progress = RunProgress("photo")
+        return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check, progress), progress]
 
 
 __all__ = ["PhotoDataModule", "PhotoFolder", "collate_photos"]

@@ -39,8 +39,10 @@ class ProtectedPhotoWriter(ManifestWriter):
     measured on the written photo re-cropped with the same alignment; ``faces[k].independent``
     by models that did not make the mask, on the face detected again in the written file."""
 
-    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False, check: str | list[str] = "auto"):
+    def __init__(self, output_dir: str, output_format: str = "png", quality: int = 95, keep_metadata: bool = False, check: str | list[str] = "auto",
+                 progress=None):
         super().__init__(output_dir)
+        self.progress = progress  # a RunProgress over photos: advanced as each photo is written
         self.output_format, self.quality, self.keep_metadata, self.check = output_format, quality, keep_metadata, check
         self.checker = None
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="tipim-write")
@@ -52,71 +54,75 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        from tipim.align.paste import paste_regions, protect_region
-
         eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
         k = 0
         for photo in prediction["photos"]:
             n = photo["faces"]
-            sl = slice(k, k + n)
+            self._write_photo(trainer, pl_module, prediction, photo, slice(k, k + n), eps)
             k += n
-            rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
-                   "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
-                   "rank": trainer.global_rank, "format": self.output_format, "faces": []}
-            if photo["id"] in self.done:
-                continue
-            if photo["error"]:
-                append_jsonl(self.manifest, rec | {"status": photo["status"], "error": photo["error"]})
-                say(photo["error"])
-                continue
-            out = self.output_dir / "images" / f"{photo['id']}{FORMATS[self.output_format]}"
-            job, start = None, time.perf_counter()
-            try:
-                if eps is None:
-                    raise ValueError("photos need an L-inf bound (norm: linf)")
-                src, m = photo["photo"], photo["matrices"].cpu()  # Lightning moved the batch
-                regions_r, regions_p = [], []
-                for (x0, y0, x1, y1), s, x_r, x_p, mask in zip(photo["rects"], prediction["grids"][sl], prediction["x_r"][sl],
-                                                               prediction["x_p"][sl], prediction["mask"][sl]):
-                    if s > 1:  # a mask grid: the mask upsampled onto the region's photo pixels
-                        x_r = torch.from_numpy(src[y0:y1, x0:x1]).permute(2, 0, 1)
-                        x_p = protect_region(x_r, mask, s)
-                    regions_r.append(x_r)
-                    regions_p.append(x_p)
-                protected = paste_regions(src, regions_r, regions_p, photo["rects"], eps)
-                del regions_r, regions_p
-                linf_before = max_change(protected, src)
-                exif = _exif_kept(photo["source"]) if self.keep_metadata else None
-                lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
-                # encode, write and read back in a thread (zlib and the decoder release the GIL); a lossless
-                # file holds exactly ``protected``, so the checks below run on it meanwhile
-                job = self.pool.submit(self._write_and_read, out, protected, exif)
-                written = protected if lossless else job.result()
-                faces = self._verdicts(pl_module, photo, src, written, m)
-                reread = job.result()
-                if lossless and not np.array_equal(reread, protected):
-                    raise RuntimeError(f"{out}: the file read back differs from the pixels written; refusing to keep it")
-                linf = max_change(reread, src)
-                if lossless and linf > eps:
-                    raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
-                del protected, written, reread
-                if self.checker is not None:
-                    rec["check_models"] = self.checker.names
-                share = prediction["seconds"] * n / max(len(prediction["id"]), 1)  # its faces' share of the batch's attack
-                seconds = {"load": photo["load_seconds"], "attack": share, "write": time.perf_counter() - start}
-                rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
-                        "linf_before_encoding": linf_before, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "status": "ok", "error": None}
-            except Exception as e:  # one photo never stops the run
-                if job is not None:
-                    job.exception()  # the file is finished (or failed) before it is removed
-                out.unlink(missing_ok=True)
-                rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
-            append_jsonl(self.manifest, rec)
-            if rec["status"] == "ok":
-                self.done.add(photo["id"])
-            else:
-                say(rec["error"])
+            if self.progress is not None:
+                self.progress.photo_done()
 
+    def _write_photo(self, trainer, pl_module, prediction: dict, photo: dict, sl: slice, eps: int | None) -> None:
+        from tipim.align.paste import paste_regions, protect_region
+
+        n = sl.stop - sl.start
+        rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
+               "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
+               "rank": trainer.global_rank, "format": self.output_format, "faces": []}
+        if photo["id"] in self.done:
+            return
+        if photo["error"]:
+            append_jsonl(self.manifest, rec | {"status": photo["status"], "error": photo["error"]})
+            say(photo["error"])
+            return
+        out = self.output_dir / "images" / f"{photo['id']}{FORMATS[self.output_format]}"
+        job, start = None, time.perf_counter()
+        try:
+            if eps is None:
+                raise ValueError("photos need an L-inf bound (norm: linf)")
+            src, m = photo["photo"], photo["matrices"].cpu()  # Lightning moved the batch
+            regions_r, regions_p = [], []
+            for (x0, y0, x1, y1), s, x_r, x_p, mask in zip(photo["rects"], prediction["grids"][sl], prediction["x_r"][sl],
+                                                           prediction["x_p"][sl], prediction["mask"][sl]):
+                if s > 1:  # a mask grid: the mask upsampled onto the region's photo pixels
+                    x_r = torch.from_numpy(src[y0:y1, x0:x1]).permute(2, 0, 1)
+                    x_p = protect_region(x_r, mask, s)
+                regions_r.append(x_r)
+                regions_p.append(x_p)
+            protected = paste_regions(src, regions_r, regions_p, photo["rects"], eps)
+            del regions_r, regions_p
+            linf_before = max_change(protected, src)
+            exif = _exif_kept(photo["source"]) if self.keep_metadata else None
+            lossless = self.output_format == "png" or (self.output_format == "webp" and self.quality >= 100)
+            # encode, write and read back in a thread (zlib and the decoder release the GIL); a lossless
+            # file holds exactly ``protected``, so the checks below run on it meanwhile
+            job = self.pool.submit(self._write_and_read, out, protected, exif)
+            written = protected if lossless else job.result()
+            faces = self._verdicts(pl_module, photo, src, written, m)
+            reread = job.result()
+            if lossless and not np.array_equal(reread, protected):
+                raise RuntimeError(f"{out}: the file read back differs from the pixels written; refusing to keep it")
+            linf = max_change(reread, src)
+            if lossless and linf > eps:
+                raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
+            del protected, written, reread
+            if self.checker is not None:
+                rec["check_models"] = self.checker.names
+            share = prediction["seconds"] * n / max(len(prediction["id"]), 1)  # its faces' share of the batch's attack
+            seconds = {"load": photo["load_seconds"], "attack": share, "write": time.perf_counter() - start}
+            rec |= {"output": str(out.relative_to(self.output_dir)), "faces": faces, "linf": linf,
+                    "linf_before_encoding": linf_before, "seconds": {k: round(v, 3) for k, v in seconds.items()}, "status": "ok", "error": None}
+        except Exception as e:  # one photo never stops the run
+            if job is not None:
+                job.exception()  # the file is finished (or failed) before it is removed
+            out.unlink(missing_ok=True)
+            rec |= {"status": "error", "error": f"{photo['source']}: {type(e).__name__}: {e}"}
+        append_jsonl(self.manifest, rec)
+        if rec["status"] == "ok":
+            self.done.add(photo["id"])
+        else:
+            say(rec["error"])
 
     def _write_and_read(self, out, protected: np.ndarray, exif: bytes | None) -> np.ndarray:
         atomic_write_bytes(out, encode_image(protected, self.output_format, self.quality, exif))
