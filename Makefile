@@ -42,7 +42,7 @@ bench: setup ## engine vs the official algorithm's loop, ablations, seconds per 
 	$(BIN)/python benchmarks/bench_presets.py
 	$(BIN)/python benchmarks/bench_detect.py
 
-test: setup ## run the test suite (CPU only; about 4 minutes on 2 cores)
+test: setup ## run the test suite (CPU only; about 5 minutes on 2 cores)
 	$(BIN)/pytest -q --durations=12
 
 test-quick: setup ## the tests not marked slow (no CLI runs, DDP or notebook): well under a minute

@@ -126,3 +126,36 @@ def test_protect_writes_a_large_photo_with_its_big_face_protected_and_bounded(tm
     assert d.max() <= 12
     x0, y0, x1, y1 = (int(v) for v in face["box"])
     assert float((d[y0:y1, x0:x1] > 0).mean()) > 0.9
+
+
+def test_face_ssim_of_a_tall_face_in_bands_is_the_whole_boxs_ssim():
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    from tipim.evaluation.field import face_ssim
+
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (300, 200, 3), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-12, 13, a.shape), 0, 255).astype(np.uint8)
+    t = lambda im: torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1)[None].double()  # noqa: E731
+    whole = float(structural_similarity_index_measure(t(b[20:290, 10:190]), t(a[20:290, 10:190]), data_range=255.0))
+    assert face_ssim(a, b, [10, 20, 190, 290], band=64) == pytest.approx(whole, abs=1e-12)
+    assert face_ssim(a, b, [10, 20, 190, 290], band=1000) == pytest.approx(whole, abs=1e-12)
+
+
+def test_the_attackers_area_resampler_sees_a_big_face_at_crop_scale():
+    """The attacker pipeline's second resampler: a big photo shrunk with an area filter before
+    aligning. On an unprotected photo it finds the same face as the warp, and gives the same
+    crop every time."""
+    need_model("mtcnn")
+    from tipim.align.aligner import FaceAligner
+    from tipim.evaluation.evaluate import attacker_sees
+
+    aligner = FaceAligner(multi="center")
+    photo = big_photo(1600)
+    warp, area = attacker_sees(photo, 0, aligner, "warp"), attacker_sees(photo, 0, aligner, "area")
+    assert area is not None and warp is not None
+    assert np.array_equal(area.crop, attacker_sees(photo, 0, aligner, "area").crop)
+    diff = np.abs(area.crop.astype(int) - warp.crop.astype(int)).mean()
+    assert diff < 12  # the same face, aligned alike (the area crop is smoother)
+    with pytest.raises(ValueError, match="resample"):
+        attacker_sees(photo, 0, aligner, "nearest")
