@@ -159,3 +159,38 @@ def test_the_attackers_area_resampler_sees_a_big_face_at_crop_scale():
     assert diff < 12  # the same face, aligned alike (the area crop is smoother)
     with pytest.raises(ValueError, match="resample"):
         attacker_sees(photo, 0, aligner, "nearest")
+
+
+def test_a_batch_of_a_big_face_and_a_crowd_of_small_ones_attacks_each_at_its_own_size(tmp_path, monkeypatch):
+    """Two photos batched: the packaged team photo (small faces) and a close-up (a ~700-px face).
+    The close-up's face is attacked on its mask grid, alone; the small faces are padded only to
+    each other; every face comes back at its own size."""
+    need_model("mtcnn")
+    need_model("arcface-mbf")
+    need_model("demo")
+    from tipim.inputs import PhotoItem
+    from tipim.lightning.module import ProtectionModule
+    from tipim.lightning.photo_data import PhotoFolder, collate_photos
+    from tipim.zoo.registry import artifact_path
+
+    Image.fromarray(big_photo(2000)).save(tmp_path / "closeup.png")
+    items = [PhotoItem("team", str(artifact_path("demo-gdp"))), PhotoItem("closeup", str(tmp_path / "closeup.png"))]
+    folder = PhotoFolder(items, multi="all")
+    batch = collate_photos([folder[0], folder[1]])
+    module = ProtectionModule(steps=1)
+    module.target_names = [f"t{k}" for k in range(4)]
+    module.target_embeddings = F.normalize(torch.randn(4, 512), dim=-1)
+    shapes = []
+    attack = module._attack
+    monkeypatch.setattr(module, "_attack", lambda x_r, *a, **k: shapes.append(tuple(x_r.shape)) or attack(x_r, *a, **k))
+    out = module.predict_step(batch, 0)
+    grids, sizes = batch["view_grids"], batch["view_sizes"]
+    big = [i for i, s in enumerate(grids) if s > 1]
+    assert len(big) == 1 and len(grids) >= 4
+    assert max(sizes[big[0]].tolist()) < 4 * 112 * 1.5  # the big face's variable is its grid, not its ~1,000-px region
+    own = int((sizes[:, 0] * sizes[:, 1]).sum())
+    padded = sum(n * h * w for n, _, h, w in shapes)
+    assert padded <= 1.5 * own  # one padded batch would be len(faces) x the big grid
+    assert (1, 3, *sizes[big[0]].tolist()) in shapes  # the big face alone
+    assert [tuple(x.shape[1:]) for x in out["x_p"]] == [tuple(s) for s in sizes.tolist()]
+    assert out["mask"][big[0]] is not None and all(out["mask"][i] is None for i in range(len(grids)) if i not in big)
