@@ -490,7 +490,8 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
             append_jsonl(run / "manifest.jsonl", {"id": p, "status": "ok", "output": f"images/{p}.png", "method": label,
                                                   "surrogates": ["arcface-mbf"], "faces": [{"box": [0, 0, 40, 40]}]})
     runs = {r.name: r for r in sorted((tmp_path / "runs").iterdir())}
-    rows = score_field(tmp_path / "field", runs, {"sface": ZooEmbedder("sface")}, jpegs=(0,))
+    sface = {"sface": ZooEmbedder("sface")}
+    rows = score_field(tmp_path / "field", runs, sface, jpegs=(0,))
     got = {r["run"]: r for r in rows}
     assert got["clean"]["protected"] == 0 and got["clean"]["clean_protected"] == 0
     assert got["swapped"]["protected"] == 1 and got["swapped"]["missing"] == 0
@@ -503,6 +504,13 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
     assert "| sface | arcface-mbf | 80 | as written | 3 | 0.0 | 0-" in held and "| 0.0 | 90.0 points short (3 people) |" in held
     assert "| sface | arcface-mbf | 80 | as written | 3 | 100.0 |" in held and "| 0.0 | met |" in held
+    # an attacker's purification is a row of its own, with the clean faces through the same purification
+    pure = {r.get("purify", ""): r for r in score_field(tmp_path / "field", {"clean@80": runs["clean@80"]}, sface, jpegs=(0,), purifications=("", "down:16+bits:1"))}
+    assert pure[""]["people"] == got["clean"]["people"] and pure["down:16+bits:1"]["purify"] == "down:16+bits:1"
+    assert pure["down:16+bits:1"]["clean_protected"] > 0  # it erases the clean faces too: no win for the attacker, and the row says so
+    assert "| clean | 80 | as written, down:16+bits:1 |" in markdown(list(pure.values()))
+    with pytest.raises(ValueError, match="unknown purification"):
+        score_field(tmp_path / "field", runs, sface, jpegs=(0,), purifications=("sharpen:2",))
 
 
 def test_pooled_field_sets_count_each_person_once():

@@ -126,8 +126,12 @@ def _evaluate(args) -> int:
         from tipim.align.aligner import FaceAligner
         from tipim.evaluation.evaluate import attacker_view
 
+        from tipim.evaluation.purify import parse
+
+        for spec in args.purify:  # a bad spec stops here, before any photo is read
+            parse(spec)
         aligner = FaceAligner(multi="center")
-        runs = [attacker_view(r, q, aligner) for r in args.runs for q in args.jpeg]
+        runs = [attacker_view(r, q, aligner, p) for r in args.runs for q in args.jpeg for p in args.purify]
     rows = evaluate_runs(args.protocol, runs, models, args.aligned, args.batch_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -211,6 +215,8 @@ def build_parser(protect: bool = True) -> ArgumentParser:
     e.add_argument("--pipeline", choices=["aligned", "photo"], default="aligned",
                    help="photo: runs of whole photos, seen as an attacker would (re-encoded, re-detected, re-aligned)")
     e.add_argument("--jpeg", type=int, nargs="+", default=[0, 95, 75], help="with --pipeline photo: JPEG qualities (0 = as written)")
+    e.add_argument("--purify", nargs="+", default=[""], help="with --pipeline photo: what the attacker then does to each photo, e.g. "
+                   "median:5 nlm:10 median:3+jpeg:75 (tipim.evaluation.purify; '' or none = nothing)")
     e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
     e.add_argument("--wandb-project", default="tipim")
     sub.add_subcommand("evaluate", e, help="rank protected probes against the gallery, per evaluation model")

@@ -75,13 +75,15 @@ def read_run(run_dir: str | Path) -> tuple[dict, dict[str, dict]]:
 RESAMPLERS = ("warp", "area")
 
 
-def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp"):
+def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp", purify: str = ""):
     """What a recognition service takes from a posted photo: re-encoded at JPEG ``jpeg`` (0: as
     written), the first face the aligner keeps (``multi='center'``: nearest the centre), or None.
     ``resample``: ``warp`` crops with the aligner's bilinear warp (a few photo pixels per crop
     pixel are read); ``area`` first shrinks the photo with an area (box) filter until the face is
     at about crop scale, then aligns: a service that downsizes uploads, and a resampler that
-    tipim's own crop does not use, so a mask that lived on a sub-grid of pixels would show."""
+    tipim's own crop does not use, so a mask that lived on a sub-grid of pixels would show.
+    ``purify``: what the attacker then does to the whole photo (``tipim.evaluation.purify``, e.g.
+    ``median:5`` or ``median:3+jpeg:75``)."""
     import io as _io
 
     from PIL import Image
@@ -92,6 +94,10 @@ def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp")
         raise ValueError(f"resample must be one of {RESAMPLERS}, got {resample!r}")
     if jpeg:
         photo = np.array(Image.open(_io.BytesIO(encode_image(photo, "jpeg", jpeg))).convert("RGB"))
+    if purify:
+        from tipim.evaluation.purify import purify as apply
+
+        photo = apply(photo, purify)
     faces, _ = aligner.faces(photo)
     if resample == "area" and faces:
         from tipim.align.paste import photo_pixels_per_crop_pixel
@@ -104,27 +110,28 @@ def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp")
     return faces[0] if faces else None
 
 
-def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None) -> Path:
+def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None, purify: str = "") -> Path:
     """What a face-recognition service sees of a photo run: each protected photo re-encoded
     (JPEG ``jpeg``; 0 = as written), detected and aligned again by the evaluator's own detector
-    (MTCNN, the face nearest the centre), as a derived run folder ``<run>/attacker-jpegQ`` that
+    (MTCNN, the face nearest the centre), optionally purified (``purify``: ``attacker_sees``),
+    as a derived run folder ``<run>/attacker-jpegQ`` (``attacker-jpegQ-<purify>``) that
     ``evaluate_runs`` ranks like any other. Photos where no face is found are recorded as
     ``no_face`` and count as missing probes. PSNR/SSIM/MMD of the derived run are measured on
     the full photos as written (``quality.json``), not on the re-detected crops."""
     from tipim.io import append_jsonl, load_rgb, read_jsonl, save_png
 
     info, ok = read_run(run_dir)
-    view = Path(run_dir) / f"attacker-jpeg{jpeg}"
+    view = Path(run_dir) / (f"attacker-jpeg{jpeg}" + (f"-{purify.replace(':', '').replace('+', '-')}" if purify else ""))
     done = {r["id"] for r in read_jsonl(view / "manifest.jsonl")}
     if aligner is None:
         from tipim.align.aligner import FaceAligner
 
         aligner = FaceAligner(multi="center")
-    label = f"{info['method']} @" + (f"jpeg{jpeg}" if jpeg else "png")
+    label = f"{info['method']} @" + (f"jpeg{jpeg}" if jpeg else "png") + (f" {purify}" if purify else "")
     for pid, r in ok.items():
         if pid in done:
             continue
-        face = attacker_sees(load_rgb(r["output"]), jpeg, aligner)
+        face = attacker_sees(load_rgb(r["output"]), jpeg, aligner, purify=purify)
         rec = {"id": pid, "source": r["output"], "method": label, "surrogates": info["surrogates"], "jpeg": jpeg}
         if face is not None:
             out = view / "images" / f"{pid}.png"

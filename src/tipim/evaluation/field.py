@@ -78,11 +78,11 @@ def _gallery(field: dict, model, name: str, cache: Path, aligner) -> tuple[torch
     return saved["emb"], saved["ids"]
 
 
-def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner, resample: str = "warp") -> list[torch.Tensor | None]:
+def attacker_crops(photos: list[np.ndarray], jpeg: int, aligner, resample: str = "warp", purify: str = "") -> list[torch.Tensor | None]:
     """``attacker_sees`` for each photo, as (3, 112, 112) uint8 crops (None: no face found)."""
     from tipim.evaluation.evaluate import attacker_sees
 
-    faces = [attacker_sees(img, jpeg, aligner, resample) for img in photos]
+    faces = [attacker_sees(img, jpeg, aligner, resample, purify) for img in photos]
     return [torch.from_numpy(f.crop).permute(2, 0, 1) if f is not None else None for f in faces]
 
 
@@ -127,13 +127,18 @@ def face_ssim(a: np.ndarray, b: np.ndarray, box, band: int = 256) -> float:
     return total / (len(a) * a.shape[1])
 
 
-def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75), resamplers=("warp",)) -> list[dict]:
+def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict, jpegs=(0, 75), resamplers=("warp",), purifications=("",)) -> list[dict]:
     """``runs``: label -> photo run folder made from ``photos-<size>`` (label ``name@size``).
-    One row per (run, jpeg, attacker resampler, model): protection rate, the clean rate on the
-    same photos, missing faces, and the mean PSNR and SSIM over the protected face boxes."""
+    One row per (run, jpeg, attacker resampler, attacker purification, model): protection rate,
+    the clean rate on the same photos through the same pipeline (a purification that also erases
+    clean faces is no win for the attacker), missing faces, and the mean PSNR and SSIM over the
+    protected face boxes."""
     from tipim.align.aligner import FaceAligner
     from tipim.evaluation.evaluate import read_run
+    from tipim.evaluation.purify import parse
 
+    for spec in purifications:  # a bad spec stops here, before any photo is read
+        parse(spec)
     field_dir = Path(field_dir)
     field = json.loads((field_dir / "field.json").read_text())
     aligner = FaceAligner(multi="center")
@@ -145,7 +150,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
         _, ok = read_run(run)
         tried = {r["id"] for r in read_jsonl(Path(run) / "manifest.jsonl")}  # a run may cover a subset
         people = [p["identity"] for p in field["probes"] if p["identity"] in tried]
-        combos = [(q, rs) for q in jpegs for rs in resamplers]
+        combos = [(q, rs, pu) for q in jpegs for rs in resamplers for pu in purifications]
         crops: dict[tuple, list] = {c: [] for c in combos}
         psnr, ssim = [], []
         for p in people:  # one photo in memory at a time: large photos are tens of megapixels
@@ -155,13 +160,13 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
             if r is not None:
                 psnr += [face_psnr(clean, img, f["box"]) for f in r["faces"]]
                 ssim += [face_ssim(clean, img, f["box"]) for f in r["faces"]]
-            for q, resample in combos:
-                if (size, q, resample, p) not in clean_seen:
-                    clean_seen[(size, q, resample, p)] = attacker_crops([clean], q, aligner, resample)[0]
-                crops[(q, resample)].append(attacker_crops([img], q, aligner, resample)[0])
+            for c in combos:
+                if (size, *c, p) not in clean_seen:
+                    clean_seen[(size, *c, p)] = attacker_crops([clean], c[0], aligner, c[1], c[2])[0]
+                crops[c].append(attacker_crops([img], c[0], aligner, c[1], c[2])[0])
             del clean, img
-        for q, resample in combos:
-            seen, seen_clean = crops[(q, resample)], [clean_seen[(size, q, resample, p)] for p in people]
+        for q, resample, pure in combos:
+            seen, seen_clean = crops[(q, resample, pure)], [clean_seen[(size, q, resample, pure, p)] for p in people]
             for m, model in models.items():
                 g, ids = galleries[m]
                 found = [(p, c) for p, c in zip(people, seen) if c is not None]
@@ -174,6 +179,7 @@ def score_field(field_dir: str | Path, runs: dict[str, str | Path], models: dict
                 outcome = {p: [int(prot.get(p, True)), int(cprot.get(p, True))] for p in people}
                 rows.append({
                     "run": label.rsplit("@", 1)[0], "face_px": size, "jpeg": q, **({"resample": resample} if resample != "warp" else {}),
+                    **({"purify": pure} if pure else {}),
                     "model": m, "n": len(people),
                     **_rates(outcome), "missing": len(people) - len(found),
                     "unprotected_photos": sum(p not in ok for p in people), "face_psnr": float(np.mean(psnr)) if psnr else None,
@@ -195,9 +201,10 @@ def markdown(rows: list[dict], held_out: dict[str, list[str]] | None = None) -> 
     models = list(dict.fromkeys(r["model"] for r in rows))
     lines = ["| run | face px | JPEG | " + " | ".join(models) + " | clean (" + ", ".join(models) + ") | face PSNR | face SSIM |",
              "|---|---|---|" + "---|" * len(models) + "---|---|---|"]
-    keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"], r.get("resample")) for r in rows))
-    for run, px, q, rs in keys:
-        cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"], r.get("resample")) == (run, px, q, rs)}
+    keys = list(dict.fromkeys((r["run"], r["face_px"], r["jpeg"], r.get("resample"), r.get("purify")) for r in rows))
+    for key in keys:
+        cells = {r["model"]: r for r in rows if (r["run"], r["face_px"], r["jpeg"], r.get("resample"), r.get("purify")) == key}
+        run, px = key[:2]
         star = lambda m: "*" if held_out and m in held_out.get(run, []) else ""  # noqa: E731
         vals = " | ".join(f"{100 * cells[m]['protected']:.0f}{star(m)}" for m in models)
         clean = ", ".join(f"{100 * cells[m]['clean_protected']:.0f}" for m in models)
@@ -255,7 +262,7 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
         for r in rows:
             if "people" not in r:
                 raise ValueError(f"run {r.get('run')!r} ({r.get('face_px')} px, {r.get('model')}) has no per-person results: score it again with this version")
-            key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"], r.get("resample"))
+            key = (r.get("surrogates", "?"), r["model"], r["face_px"], r["jpeg"], r.get("resample"), r.get("purify"))
             if key in seen:
                 raise ValueError(f"set {i + 1} holds two runs of masks made on {key[0]} scored by {key[1]} at {key[2]} px, JPEG {key[3] or 'none'}: pool one run per set")
             seen.add(key)
@@ -267,11 +274,11 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
                 if r.get(metric) is not None:
                     acc[metric].append((r[metric], len(new)))
     out = []
-    for (surrogates, model, px, jpeg, resample), acc in pooled.items():
+    for (surrogates, model, px, jpeg, resample, pure), acc in pooled.items():
         people = acc["people"]
         n = len(people)
         row = {"run": "+".join(acc["runs"]), "surrogates": surrogates, "model": model, "face_px": px, "jpeg": jpeg,
-               **({"resample": resample} if resample else {}), "n": n, **_rates(people)}
+               **({"resample": resample} if resample else {}), **({"purify": pure} if pure else {}), "n": n, **_rates(people)}
         for metric in ("face_psnr", "face_ssim"):
             total = sum(c for _, c in acc[metric])
             row[metric] = sum(v * c for v, c in acc[metric]) / total if total else None
@@ -280,9 +287,10 @@ def pool_rows(sets: list[list[dict]]) -> list[dict]:
 
 
 def _seen(row: dict) -> str:
-    """How the attacker re-encoded and cropped the photo: ``75``, ``as written``, ``75, area resize``."""
+    """How the attacker re-encoded, purified and cropped the photo: ``75``, ``as written``,
+    ``75, area resize``, ``as written, median:5``."""
     q = str(row["jpeg"] or "as written")
-    return q + (f", {row['resample']} resize" if row.get("resample") else "")
+    return q + (f", {row['purify']}" if row.get("purify") else "") + (f", {row['resample']} resize" if row.get("resample") else "")
 
 
 def _quality(row: dict) -> str:
