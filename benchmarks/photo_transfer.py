@@ -42,6 +42,7 @@ def main() -> None:
     s.add_argument("--models", nargs="+", default=list(MODELS), help="recognisers to score with (default: every zoo model)")
     s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     s.add_argument("--resample", nargs="+", default=["warp"], choices=["warp", "area"], help="the attacker's crop: the aligner's warp, and/or an area resize of the photo first")
+    s.add_argument("--purify", nargs="+", default=[""], help="what the attacker does to each photo, e.g. median:5 nlm:10 'median:3+jpeg:75' ('' = nothing)")
     s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
     s.add_argument("--out", required=True)
     t = sub.add_parser("table", help="one table from several score folders (rows as scored)")
@@ -80,7 +81,7 @@ def main() -> None:
 
         models = {m: ZooEmbedder(m) for m in a.models}
         runs = {Path(r).name: r for r in a.runs}
-        rows = score_field(a.field, runs, models, a.jpeg, a.resample)
+        rows = score_field(a.field, runs, models, a.jpeg, a.resample, a.purify)
     white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}
     for r in rows:  # what made each run's masks, for the held-out tables (pool)
         if r["run"] in white:
@@ -115,7 +116,7 @@ def pool(a) -> None:
         if any("surrogates" not in r for r in rows):
             raise SystemExit(f"{f}: rows without the models that made their masks; score with --surrogates LABEL=MODEL")
         sets.append([r for r in rows if r["model"] not in r["surrogates"].split("+")])
-    rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"], r.get("resample", "")))
+    rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"], r.get("resample", ""), r.get("purify", "")))
     write_rows(a.out, rows)
     write_table(a.out, held_out_markdown(rows))
 
