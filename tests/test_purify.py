@@ -50,3 +50,22 @@ def test_bad_purification_specs_say_what_is_allowed():
     with pytest.raises(ValueError, match="uint8"):
         purify(np.zeros((4, 4), np.uint8), "blur:1")
     assert set(PURIFIERS) == {"jpeg", "blur", "median", "bilateral", "nlm", "down", "bits"}
+
+
+def test_the_posting_transform_can_blur_as_an_attacker_would_and_is_unchanged_when_it_does_not():
+    import torch
+
+    from tipim.attack import PostingTransform
+    from tipim.attack.randomness import PerImageRandom
+
+    x = torch.rand(3, 3, 112, 112, requires_grad=True)
+    rng = lambda: PerImageRandom([1, 2, 3], "cpu")  # noqa: E731
+    assert torch.equal(PostingTransform()(x, rng()), PostingTransform(blur=(0.0, 0.0))(x, rng()))  # off: the same draws
+    plain = PostingTransform(jpeg_prob=0.0, scale=(1.0, 1.0), shift=0)
+    blurred = PostingTransform(jpeg_prob=0.0, scale=(1.0, 1.0), shift=0, blur=(2.0, 2.0))(x, rng())
+    tv = lambda y: float((y[..., 1:, :] - y[..., :-1, :]).abs().mean())  # noqa: E731
+    assert tv(blurred) < tv(plain(x, rng())) / 3
+    blurred.sum().backward()
+    assert float(x.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="blur is a sigma range"):
+        PostingTransform(blur=(2.0, 1.0))

@@ -8,6 +8,9 @@ without ``rng`` the streams are seeded from torch's global generator.
 
 from __future__ import annotations
 
+import math
+
+import kornia.filters
 import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
@@ -95,6 +98,8 @@ class PostingTransform(nn.Module):
         jpeg_prob: share of images that go through JPEG at each step (was 0.9).
         scale: range of the down-scale factor before resizing back (1 = no resize).
         shift: largest shift in pixels (each axis).
+        blur: range of a Gaussian blur's sigma in crop pixels, drawn per image after the resize
+            (an attacker's smoothing, issue 24); (0, 0) = off, and then nothing else is drawn.
     """
 
     def __init__(
@@ -104,11 +109,15 @@ class PostingTransform(nn.Module):
         scale: tuple[float, float] = (0.6, 1.0),
         shift: int = 3,
         base: nn.Module | None = None,
+        blur: tuple[float, float] = (0.0, 0.0),
     ):
         super().__init__()
         if not 1 <= quality[0] <= quality[1] <= 100:
             raise ValueError(f"quality must be a range inside [1, 100], got {quality}")
+        if not 0 <= blur[0] <= blur[1]:
+            raise ValueError(f"blur is a sigma range (low, high) with 0 <= low <= high, got {blur}")
         self.quality, self.jpeg_prob, self.scale, self.shift, self.base = quality, jpeg_prob, scale, shift, base
+        self.blur = (float(blur[0]), float(blur[1]))
 
     def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
         from kornia.enhance import jpeg_codec_differentiable
@@ -133,10 +142,20 @@ class PostingTransform(nn.Module):
             parts.append((idx, KT.resize(small, (h, w), interpolation="bilinear")))
         if parts:
             x = x.index_put((torch.cat([i for i, _ in parts]),), torch.cat([p for _, p in parts]))
+        if self.blur[1] > 0:  # drawn only when on: the default's random streams stay as they were
+            sigma = self.blur[0] + (self.blur[1] - self.blur[0]) * rng.rand(1, dtype=torch.float64, device="cpu")[:, 0]
+            x = torch.cat([_gaussian_blur(x[i : i + 1], float(s)) for i, s in enumerate(sigma.tolist())])
         q = to_device((self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.dtype), x.device)
         y = jpeg_codec_differentiable(x.clamp(0, 1), q)
         keep = to_device(u[:, 4] < self.jpeg_prob, x.device).view(b, 1, 1, 1)
         return torch.where(keep, y, x)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma < 0.1:
+        return x
+    k = 2 * math.ceil(3 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
 
 
 __all__ = ["PostingTransform", "RandomAffine", "ResizePad", "affine_warp", "draw_affine"]
