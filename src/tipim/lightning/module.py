@@ -222,7 +222,7 @@ class ProtectionModule(L.LightningModule):
         regions, sizes, grids = batch["regions"], batch["view_sizes"].cpu(), batch["view_grids"]
         groups = mmd_groups(batch, self.mmd_group)
         faces: list[dict] = [{} for _ in range(n)]
-        losses, ranks, start = [], [], time.perf_counter()
+        losses, start = [], time.perf_counter()
         for idx in size_buckets(sizes, groups):
             h, w = (int(v) for v in sizes[idx].max(0).values)
             x_r = regions[idx[0]].new_zeros(len(idx), 3, h, w)

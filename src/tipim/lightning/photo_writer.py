@@ -103,7 +103,7 @@ class ProtectedPhotoWriter(ManifestWriter):
             reread = job.result()
             if lossless and not np.array_equal(reread, protected):
                 raise RuntimeError(f"{out}: the file read back differs from the pixels written; refusing to keep it")
-            linf = max_change(reread, src)
+            linf = linf_before if lossless else max_change(reread, src)  # lossless: the file holds exactly ``protected``
             if lossless and linf > eps:
                 raise RuntimeError(f"{out}: written pixels differ by {linf} > eps {eps} levels; refusing to keep it")
             del protected, written, reread
