@@ -7,6 +7,8 @@
     python benchmarks/photo_transfer.py table SCORED_FOLDER... --out results/photo_transfer   # merge
     python benchmarks/photo_transfer.py pool SCORED_FOLDER... --out results/photo_transfer/pooled
         # held-out rows of several field sets as one table, each person once, with 90% intervals
+    python benchmarks/photo_transfer.py score ... --attackers purifier=CKPT adapted=CKPT --no-zoo
+        # adaptive attackers trained on tipim's outputs (benchmarks/adaptive_attack.py)
     python benchmarks/photo_transfer.py loo --field runs/field --sizes 40 55 --out results/photo_transfer/loo
         # for each zoo model: masks made on the others (an ensemble), scored on the held-out one
 
@@ -43,6 +45,8 @@ def main() -> None:
     s.add_argument("--jpeg", type=int, nargs="+", default=[0, 75])
     s.add_argument("--resample", nargs="+", default=["warp"], choices=["warp", "area"], help="the attacker's crop: the aligner's warp, and/or an area resize of the photo first")
     s.add_argument("--purify", nargs="+", default=[""], help="what the attacker does to each photo, e.g. median:5 nlm:10 'median:3+jpeg:75' ('' = nothing)")
+    s.add_argument("--attackers", nargs="*", default=[], help="label=CHECKPOINT of a trained adaptive attacker (python -m tipim.adaptive): a purifier is scored in front of each of --models, an adapted recogniser as itself")
+    s.add_argument("--no-zoo", action="store_true", help="score only the --attackers (with --models as the purifiers' recognisers)")
     s.add_argument("--surrogates", nargs="*", default=[], help="label=model,model: white-box cells to star")
     s.add_argument("--out", required=True)
     t = sub.add_parser("table", help="one table from several score folders (rows as scored)")
@@ -79,7 +83,12 @@ def main() -> None:
     else:
         from tipim.models import ZooEmbedder
 
-        models = {m: ZooEmbedder(m) for m in a.models}
+        models = {} if a.no_zoo else {m: ZooEmbedder(m) for m in a.models}
+        if a.attackers:
+            from tipim.adaptive.attackers import load_attackers
+
+            for label, ckpt in (x.split("=", 1) for x in a.attackers):
+                models |= load_attackers(label, ckpt, a.models)
         runs = {Path(r).name: r for r in a.runs}
         rows = score_field(a.field, runs, models, a.jpeg, a.resample, a.purify)
     white = {k: v.split(",") for k, v in (x.split("=", 1) for x in a.surrogates)}

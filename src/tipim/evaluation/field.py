@@ -46,15 +46,20 @@ def make_field_set(lfw: str | Path, out: str | Path, probes: int = 50, distracto
             continue
         width = faces[0].box[2] - faces[0].box[0]
         for size in sizes:
-            f = size / width
-            img = Image.fromarray(photo).resize((max(1, round(photo.shape[1] * f)), max(1, round(photo.shape[0] * f))), Image.LANCZOS)
-            save_png(out / f"photos-{size}" / f"{person}.png", np.asarray(img))
+            write_at_face_size(photo, width, size, out / f"photos-{size}" / f"{person}.png")
         field["probes"].append({"identity": person, "source": str(files[0]), "face_width": round(width, 1)})
         field["gallery"] += [{"identity": person, "path": str(p)} for p in files[1 : 1 + gallery_per_person]]
     for person in others:
         field["gallery"].append({"identity": person, "path": str(sorted((lfw / person).glob("*.jpg"))[0])})
     (out / "field.json").write_text(json.dumps(field, indent=1) + "\n")
     return field
+
+
+def write_at_face_size(photo: np.ndarray, face_width: float, size: int, path: Path) -> None:
+    """The photo downscaled (Lanczos) so that a face ``face_width`` pixels wide becomes ``size``."""
+    f = size / face_width
+    img = Image.fromarray(photo).resize((max(1, round(photo.shape[1] * f)), max(1, round(photo.shape[0] * f))), Image.LANCZOS)
+    save_png(path, np.asarray(img))
 
 
 def _gallery(field: dict, model, name: str, cache: Path, aligner) -> tuple[torch.Tensor, list[str]]:
