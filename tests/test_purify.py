@@ -69,3 +69,19 @@ def test_the_posting_transform_can_blur_as_an_attacker_would_and_is_unchanged_wh
     assert float(x.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="blur is a sigma range"):
         PostingTransform(blur=(2.0, 1.0))
+
+
+def test_purification_table_counts_only_transforms_that_leave_the_attacker_their_clean_faces():
+    from tipim.evaluation.field import purification_markdown
+
+    def row(pure, px, protected, clean_found):
+        people = {f"p{i}": [int(i < protected), int(i >= clean_found)] for i in range(20)}
+        return {"run": "d", "model": "facenet", "face_px": px, "jpeg": 0, "n": 20, "people": people, **({"purify": pure} if pure else {}),
+                "protected": protected / 20, "clean_protected": 1 - clean_found / 20}
+
+    rows = [row("", 40, 19, 20), row("", 110, 18, 20), row("blur:2", 40, 10, 19), row("blur:2", 110, 5, 12), row("median:5", 40, 17, 18)]
+    table = purification_markdown(rows)
+    assert "| as written | facenet | 95.0 (100) | 90.0 (100) | none |" in table
+    assert "| as written, blur:2 | facenet | **50.0 (95)** | 25.0 (60) | 40 px: 8 people short |" in table  # 110 px: blur erased 40% of clean faces, not counted
+    assert "| as written, median:5 | facenet | **85.0 (90)** | - | 40 px: 1 person short |" in table
+    assert "pays (clean Rank-1 >= 90%): 4; at >= 90% protection: 2." in table

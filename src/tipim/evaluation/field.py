@@ -233,6 +233,41 @@ def held_out_markdown(rows: list[dict], goal: float = 0.9) -> str:
     return "\n".join(lines) + "\n"
 
 
+def purification_markdown(rows: list[dict], goal: float = 0.9, pays: float = 0.9) -> str:
+    """One line per (attacker's transform, model): per face size, the protection rate (%) and, in
+    brackets, the attacker's Rank-1 (%) on the unprotected photos through the same transform.
+    A cell counts against ``goal`` only where that clean Rank-1 is at least ``pays``: a transform
+    that also erases clean faces is no attack. Such cells below the goal are bold, and the last
+    column gives each one's shortfall in people; a final line counts the cells."""
+    sizes = sorted({r["face_px"] for r in rows})
+    keys = list(dict.fromkeys((_seen(r), r["model"]) for r in rows))
+    lines = ["| attacker does | model | " + " | ".join(f"{px} px" for px in sizes) + " | below the goal where it pays |",
+             "|---|---|" + "---|" * len(sizes) + "---|"]
+    counted = met = 0
+    for seen, model in keys:
+        cells, misses = [], []
+        for px in sizes:
+            r = next((r for r in rows if (_seen(r), r["model"], r["face_px"]) == (seen, model, px)), None)
+            if r is None:
+                cells.append("-")
+                continue
+            n, k = r["n"], protected_people(r)
+            clean = 1 - r["clean_protected"]
+            cell = f"{100 * k / n:.1f} ({100 * clean:.0f})"
+            if clean >= pays - 1e-9:
+                counted += 1
+                short = math.ceil(goal * n - 1e-9) - k
+                if short > 0:
+                    cell = f"**{cell}**"
+                    misses.append(f"{px} px: {short} {'person' if short == 1 else 'people'} short")
+                else:
+                    met += 1
+            cells.append(cell)
+        lines.append(f"| {seen} | {model} | " + " | ".join(cells) + " | " + ("; ".join(misses) or "none") + " |")
+    lines.append(f"\nCells where the transform pays (clean Rank-1 >= {100 * pays:.0f}%): {counted}; at >= {100 * goal:.0f}% protection: {met}.")
+    return "\n".join(lines) + "\n"
+
+
 def protected_people(row: dict) -> int:
     """How many of a row's people were protected: counted from its per-person results, or from
     its rate (rows scored before those were recorded), which must then be a whole number of people."""
@@ -304,4 +339,4 @@ def _quality(row: dict) -> str:
     return (f"{psnr:.1f}" if psnr else "-") + " | " + (f"{ssim:.3f}" if ssim else "-")
 
 
-__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "pool_rows", "protected_people", "rank1_protected", "score_field", "wilson_interval"]
+__all__ = ["attacker_crops", "face_psnr", "face_ssim", "held_out_markdown", "make_field_set", "markdown", "pool_rows", "purification_markdown", "protected_people", "rank1_protected", "score_field", "wilson_interval"]
