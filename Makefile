@@ -42,6 +42,12 @@ bench: setup ## engine vs the official algorithm's loop, ablations, seconds per 
 	$(BIN)/python benchmarks/bench_presets.py
 	$(BIN)/python benchmarks/bench_detect.py
 
+adaptive: setup ## issue 24's adaptive attackers: protect 240 photos of people outside every test set, train a purifier, an adapted recogniser and a student on them (~30 min on 2 cores; runs/adaptive)
+	$(BIN)/python benchmarks/adaptive_attack.py prepare --lfw $(LFW) --out runs/adaptive/train
+	$(BIN)/tipim protect runs/adaptive/train/photos --out runs/adaptive/train/run --check none
+	$(BIN)/python benchmarks/adaptive_attack.py pairs --photos runs/adaptive/train/photos --run runs/adaptive/train/run
+	for c in purifier adapted student; do $(BIN)/python -m tipim.adaptive fit --config configs/adaptive/$$c.yaml || exit 1; done
+
 test: setup ## run the test suite (CPU only; about 5 minutes on 2 cores)
 	$(BIN)/pytest -q --durations=12
 
@@ -62,4 +68,4 @@ reproduce: align-lfw ## the paper's LFW tables (PROBES=100 for a seeded subset; 
 clean: ## remove caches and run outputs (keeps .venv and fetched models)
 	rm -rf .pytest_cache runs outputs lightning_logs wandb
 
-.PHONY: help setup demo bench test test-quick align-lfw verify reproduce clean
+.PHONY: help setup demo bench adaptive test test-quick align-lfw verify reproduce clean

@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("--people", type=int, default=240)
     p.add_argument("--sizes", type=int, nargs="+", default=[40, 55, 110], help="face widths, one per person in turn")
     p.add_argument("--seed", type=int, default=2)
-    p.add_argument("--fields", nargs="*", default=["runs/field/field.json", "results/photo_transfer/field80/field.json"])
+    p.add_argument("--fields", nargs="*", default=["results/adaptive/field0.json", "results/photo_transfer/field80/field.json"])
     p.add_argument("--protocol-seed", type=int, default=0)
     q = sub.add_parser("pairs")
     q.add_argument("--photos", default="runs/adaptive/train/photos")

@@ -116,7 +116,7 @@ def write_table(folder, table: str) -> None:
 
 def pool(a) -> None:
     """One held-out table from several field sets' score folders (rows of a surrogate's own
-    model, white box, are left out)."""
+    model, white box, are left out); with purifications also ``by_transform.md``."""
     from tipim.evaluation.field import held_out_markdown, pool_rows
 
     sets = []
@@ -128,6 +128,10 @@ def pool(a) -> None:
     rows = sorted(pool_rows(sets), key=lambda r: (r["model"], r["face_px"], r["jpeg"], r.get("resample", ""), r.get("purify", "")))
     write_rows(a.out, rows)
     write_table(a.out, held_out_markdown(rows))
+    if any(r.get("purify") for r in rows):  # the attacker's transforms: one line each, clean Rank-1 beside protection
+        from tipim.evaluation.field import purification_markdown
+
+        (Path(a.out) / "by_transform.md").write_text(purification_markdown(rows))
 
 
 def leave_one_out(a) -> None:

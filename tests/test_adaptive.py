@@ -84,6 +84,24 @@ def test_each_attacker_trains_on_real_pairs_resumes_and_scores(lfw, tmp_path):
         assert ckpt["global_step"] == 1
         (name, model), = load_attackers("b", tmp_path / config / "checkpoints" / "last.ckpt", ["sface"]).items()
         assert model(torch.rand(2, 3, 112, 112)).shape == (2, dim)
+    # the student's head starts as the ridge map into the teacher's space (a random head: cosine ~0);
+    # these faces are its training faces, so the map must land near the teacher's embedding
+    from tipim.models import ZooEmbedder
+
+    faces = pairs["clean"].float() / 255
+    with torch.no_grad():
+        cos = torch.nn.functional.cosine_similarity(model(faces), ZooEmbedder("edgeface-s")(faces))
+    assert cos.mean() > 0.5
+
+    # a trained attacker as a surrogate: masks can be optimised through it
+    from tipim.adaptive.attackers import TrainedAttacker
+    from tipim.models import Ensemble
+
+    ens = Ensemble([ZooEmbedder("sface"), TrainedAttacker(str(tmp_path / "purifier" / "checkpoints" / "last.ckpt"), "sface")])
+    assert ens.dim == 256 and ens.members[1].name.endswith(".sface")
+    x = torch.rand(1, 3, 112, 112, requires_grad=True)
+    ens(x).sum().backward()
+    assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in ens.members[1].parameters())
     (name, purified), = start.items()
     assert name.startswith("a-") and name.endswith(".sface") and isinstance(purified, Purified)
 

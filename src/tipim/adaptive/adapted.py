@@ -58,6 +58,33 @@ class AdaptedModule(L.LightningModule):
         self.log_dict(logs, prog_bar=stage == "val", batch_size=n)
         return loss
 
+    def on_fit_start(self) -> None:
+        """A new student's head starts as the ridge regression from its embeddings of clean and
+        protected crops to the teacher's of the clean crop (closed form, on the training pairs):
+        a few hundred faces cannot teach a random head a 512-d map by gradient steps alone. A
+        resumed run keeps its trained head."""
+        head = self.model.head
+        if not isinstance(head, nn.Linear) or self.trainer.global_step > 0:
+            return
+        data = self.trainer.datamodule.train_set
+        with torch.no_grad():
+            xs, ys = [], []
+            for i in range(0, len(data), 32):
+                items = [data[j] for j in range(i, min(len(data), i + 32))]
+                clean = torch.stack([d["clean"] for d in items]).to(self.device)
+                protected = torch.stack([d["protected"] for d in items]).to(self.device)
+                target = F.normalize(self.teacher(clean), dim=1)
+                xs += [self.model.student(clean), self.model.student(protected)]
+                ys += [target, target]
+            x, y = torch.cat(xs), torch.cat(ys)
+            mx, my = x.mean(0), y.mean(0)
+            xc = x - mx
+            gram = xc.T @ xc
+            ridge = 1e-2 * gram.trace() / len(gram)  # relative to the embeddings' own scale
+            w = torch.linalg.solve(gram + ridge * torch.eye(len(gram), device=x.device), xc.T @ (y - my))
+            head.weight.copy_(w.T)
+            head.bias.copy_(my - mx @ w)
+
     def training_step(self, batch, _):
         return self._loss(batch, "train")
 

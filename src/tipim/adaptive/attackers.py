@@ -52,3 +52,33 @@ def load_attackers(label: str, path: str | Path, recognisers: list[str]) -> dict
         model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")})
         return {name: model.eval()}
     raise ValueError(f"{path}: neither a purifier (net.*) nor an adapted recogniser (model.*) checkpoint")
+
+
+class TrainedAttacker(nn.Module):
+    """A trained adaptive attacker as a surrogate (``--model.surrogates``), so masks can be
+    optimised through it: the defender trains the same attacker that an open-source tool invites.
+
+    Args:
+        checkpoint: a ``python -m tipim.adaptive fit`` checkpoint.
+        recogniser: the zoo model behind a purifier (an adapted recogniser is its own).
+    """
+
+    def __init__(self, checkpoint: str, recogniser: str = "arcface-mbf"):
+        super().__init__()
+        ((self.name, self.model),) = load_attackers("attacker", checkpoint, [recogniser]).items()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.model.eval()  # frozen, like every surrogate
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    @property
+    def dim(self) -> int:
+        with torch.no_grad():
+            return int(self(torch.zeros(1, 3, 112, 112)).shape[1])
