@@ -102,6 +102,18 @@ def test_each_attacker_trains_on_real_pairs_resumes_and_scores(lfw, tmp_path):
     x = torch.rand(1, 3, 112, 112, requires_grad=True)
     ens(x).sum().backward()
     assert x.grad.abs().sum() > 0 and not any(p.requires_grad for p in ens.members[1].parameters())
+    # ... and through `tipim protect --config configs/adaptive/defended.yaml`, pointed at this run's adapted checkpoint
+    import yaml
+
+    defended = yaml.safe_load((REPO / "configs" / "adaptive" / "defended.yaml").read_text())
+    defended["model"]["surrogates"][1]["init_args"]["checkpoint"] = str(tmp_path / "adapted.yaml" / "checkpoints" / "last.ckpt")
+    (tmp_path / "defended.yaml").write_text(yaml.safe_dump(defended))
+    one = sorted(photos.iterdir())[0]
+    r = run_tipim(["protect", one, "--out", tmp_path / "defended", "--config", tmp_path / "defended.yaml", "--preset", "fast",
+                   "--model.steps", "1", "--check", "none"])
+    assert r.returncode == 0, r.stderr
+    (rec,) = [json.loads(line) for line in (tmp_path / "defended" / "manifest.jsonl").read_text().splitlines()]
+    assert rec["status"] == "ok" and rec["surrogates"][0] == "arcface-mbf" and rec["surrogates"][1].startswith("attacker-"), rec
     (name, purified), = start.items()
     assert name.startswith("a-") and name.endswith(".sface") and isinstance(purified, Purified)
 

@@ -52,7 +52,6 @@ def load_faces(paths: list[Path]) -> torch.Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def embed_crops(model: torch.nn.Module, crops_u8: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """L2-normalised embeddings of aligned 112x112 uint8 crops (N, 3, 112, 112)."""
     x = crops_u8.float() / 255
