@@ -194,6 +194,31 @@ def test_all_target_gradients_equal_per_target_autograd(setup, mode, away):
         torch.testing.assert_close(loss, relative_identity_loss(e, t_emb[k].expand(len(x), -1), n_r, away=away).sum())
 
 
+@pytest.mark.parametrize("with_transform", [False, True])
+def test_one_pass_step_gradient_is_identity_plus_naturalness(setup, with_transform):
+    """The step's single backward pass (identity loss and MMD together) equals the two gradients
+    taken one at a time, and each part matters."""
+    net, x_r, targets = setup
+    att = IdentityMaskAttack(net, naturalness=Naturalness(gamma=3.0, group=2))
+    transform = RandomAffine() if with_transform else None
+    t_emb = att.embed_targets(targets)
+    n_r = att.embed(x_r)
+    which = torch.tensor([0, 3, 1, 4])
+
+    def pieces(seed):
+        x = (x_r + 0.02 * torch.randn(x_r.shape, generator=torch.Generator().manual_seed(seed))).requires_grad_(True)
+        xin = transform(x, PerImageRandom(torch.arange(4))) if transform is not None else x
+        return x, att.embed(xin), att.naturalness(x, x_r)
+
+    x, n, nat = pieces(5)
+    got = att._step_grad(x, n, n_r, t_emb, which, None, nat)
+    x, n, nat = pieces(5)
+    identity = att._identity_grads(x, n, n_r, t_emb, which)
+    natural = torch.autograd.grad(nat.sum(), x)[0]
+    torch.testing.assert_close(got, identity + natural, atol=1e-6, rtol=1e-5)
+    assert identity.abs().sum() > 0 and natural.abs().sum() > 0 and not torch.allclose(got, identity, atol=1e-6)
+
+
 def _brute_force_greedy_step(att, x_r, t_emb):
     """Alg. 1 written the slow, obvious way: one image, one target, one autograd call at a time."""
     n_r = att.embed(x_r)

@@ -149,6 +149,16 @@ class IdentityMaskAttack(nn.Module):
         g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
         return g if which is not None else g.transpose(0, 1)
 
+    def _step_grad(self, x, n, n_r, t_emb, which: torch.Tensor, parts, nat: torch.Tensor | None) -> torch.Tensor:
+        """The gradient of the whole objective, identity (target ``which`` per image) plus
+        naturalness, in one backward pass: the view and the transform are walked once, not twice."""
+        if parts is not None or nat is None:
+            grad = self._identity_grads(x, n, n_r, t_emb, which, parts)
+            return grad + torch.autograd.grad(nat.sum(), x)[0] if nat is not None else grad
+        v = self._cotangents(n.detach(), n_r, t_emb, which)
+        total = nat.sum()
+        return torch.autograd.grad([n, total], x, grad_outputs=[v, torch.ones_like(total)])[0]
+
     def forward(
         self,
         x_r: torch.Tensor,
@@ -191,8 +201,8 @@ class IdentityMaskAttack(nn.Module):
                     parts = self.embed_parts(xin) if self.balance is not None else None
                     n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
                 nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
-                nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                 if self.selector.evaluates_candidates(t):
+                    nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
                     with torch.no_grad():  # the face now (untransformed) orders the targets to try
                         e_x = self.embed(see(x.detach())) if e_x is None else e_x
                     near, cand = self.selector.candidates(e_x, t_emb, self.metric, t)  # cand (B, m), or None: all K
@@ -211,8 +221,7 @@ class IdentityMaskAttack(nn.Module):
                     ranks.append((near == new[:, None]).long().argmax(1))
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
-                    grad = self._identity_grads(x, n, n_r, t_emb, new, parts) + nat_grad
-                    g = self.step.accumulate(g, grad)
+                    g = self.step.accumulate(g, self._step_grad(x, n, n_r, t_emb, new, parts, nat))
                     x, e_x = self.step.update(x.detach(), x_r, g), None
                 if t > 0:
                     changes += (new != idx).long()
