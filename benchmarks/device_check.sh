@@ -5,7 +5,8 @@
 #  1. engine throughput by batch and dtype, exact greedy and a shortlist of 1, vmapped gradients
 #     (bench_device.py; CPU baseline in the same run);
 #  2. photos/s: the protocol's 500 probe photos (LFW 250x250, one face) with the balanced preset,
-#     with the independent self-check (the models that travel: edgeface-s) and without it (profiled);
+#     with the independent self-check (the models that travel: edgeface-s), without it (profiled),
+#     and without it with the surrogate compiled (--model.compile true, issue 25);
 #  3. the full 500-probe protocol through the reproduction driver, `tipim reproduce` (REPRODUCE=table3 by
 #     default; any of its stages, e.g. REPRODUCE="ensemble photos"; protect only, evaluated afterwards on
 #     the CPU machine, where every zoo model is);
@@ -47,6 +48,7 @@ if on photos; then
 s=$SECONDS
 photos check /tmp/bin/tipim protect .gpu/photos
 photos nocheck $PY -m cProfile -o "$S/photos-nocheck.prof" -m tipim.cli protect .gpu/photos --data.check none
+photos compile /tmp/bin/tipim protect .gpu/photos --data.check none --model.compile true
 stage photos $s 0
 fi
 

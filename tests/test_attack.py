@@ -496,3 +496,29 @@ def test_judge_measures_in_the_attacks_metric_and_success_means_nearer_a_target(
     on_target = torch.stack([e_t[2] * 0.5, e_r[1]])  # a face moved onto target 2, a face left as it was
     d_r, d_t, nearest = judge(on_target, torch.stack([e_r[0], e_r[1]]), e_t, metric)
     assert surrogate_success(d_t, d_r).tolist() == [True, False] and nearest[0] == 2
+
+
+def test_a_compiled_surrogate_runs_the_same_attack(setup):
+    """``compile``: the attack runs through ``torch.compile``'s graphs (a counting backend shows
+    they are used) and writes what the eager attack writes; the weights are registered once."""
+    net, x_r, targets = setup
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    kw = dict(selector=GreedyInsertion(), naturalness=Naturalness(gamma=1.0, group=2), step=MomentumStep(steps=4))
+    eager = IdentityMaskAttack(net, **kw)
+    compiled = IdentityMaskAttack(net, compile=counting_backend, **kw)
+    t_emb = eager.embed_targets(targets)
+    torch.manual_seed(0)
+    want = eager(x_r, t_emb)
+    torch.manual_seed(0)
+    got = compiled(x_r, t_emb)
+    assert graphs, "the compiled network was never called"
+    assert same_image(got.x_p, want.x_p) and torch.equal(got.chosen, want.chosen)
+    assert [k for k, _ in compiled.named_parameters()] == [k for k, _ in eager.named_parameters()]
+    with pytest.raises(ValueError, match="compile and feature_dropout cannot be combined"):
+        IdentityMaskAttack(net, compile=True, feature_dropout=0.1)
