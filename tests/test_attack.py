@@ -522,3 +522,28 @@ def test_a_compiled_surrogate_runs_the_same_attack(setup):
     assert [k for k, _ in compiled.named_parameters()] == [k for k, _ in eager.named_parameters()]
     with pytest.raises(ValueError, match="compile and feature_dropout cannot be combined"):
         IdentityMaskAttack(net, compile=True, feature_dropout=0.1)
+
+
+@pytest.mark.parametrize("shape", [(112, 112), (112, 96), (20, 33)])
+def test_batched_down_and_up_resize_is_kornias_per_image_resize(shape):
+    """``down_up`` (the posting transform's resize, one pair of batched products) computes what
+    kornia's antialiased resize down and bilinear resize up compute image by image: to float64
+    rounding, for shrinks small and large (a wider Gaussian), odd shapes, the 8-pixel floor, and
+    images left alone; and gradients pass."""
+    import kornia.geometry.transform as KT
+
+    from tipim.attack.transforms import down_up
+
+    h, w = shape
+    x = torch.rand(6, 3, h, w, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    sizes = [None, (round(h * 0.6), round(w * 0.6)), (h - 1, w - 2), None, (max(8, round(h * 0.25)), max(8, round(w * 0.25))), (8, 8)]
+    want = x.clone()
+    for i, s in enumerate(sizes):
+        if s is not None:
+            small = KT.resize(x[i : i + 1], s, interpolation="bilinear", antialias=True)
+            want[i] = KT.resize(small, (h, w), interpolation="bilinear")[0]
+    got = down_up(x.requires_grad_(True), sizes)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert torch.equal(got[0], x[0]) and not torch.allclose(got[1], x[1])
+    (g,) = torch.autograd.grad(got.sum(), x)
+    assert g[1].abs().sum() > 0 and torch.equal(g[0], torch.ones_like(g[0]))
