@@ -42,6 +42,9 @@ photos() {  # name, extra flags
     --trainer.accelerator "$ACCEL" > "$S/photos-$name.log" 2>&1
   local rc=$? n; n=$(grep -c '"status": "ok"' "/tmp/photos/$name/manifest.jsonl" 2>/dev/null)
   echo "photos $name: $n ok in $((SECONDS - t0)) s wall (rc $rc; process start included)" | tee -a "$S/stages.txt"
+  # one JSON row per run for benchmarks/results (issue 25): photos_per_s over the whole command, start-up included
+  $PY -c "import json, sys; n, s = int(sys.argv[2] or 0), max(int(sys.argv[3]), 1); print(json.dumps({'run': sys.argv[1], 'accelerator': open(sys.argv[4]).readline().split(',')[0].strip(), 'photos': n, 'wall_s': s, 'photos_per_s': round(n / s, 2), 'flags': sys.argv[5]}))" \
+    "$name" "$n" "$((SECONDS - t0))" "$S/machine.txt" "$*" >> "$S/photos.jsonl" 2>/dev/null
   cp "/tmp/photos/$name/manifest.jsonl" "$S/photos-$name.manifest.jsonl" 2>/dev/null
 }
 if on photos; then
