@@ -435,6 +435,30 @@ def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(set
         GreedyInsertion(shortlist=-1)
 
 
+def test_greedy_confirm_makes_the_papers_choice_whenever_the_estimate_ranks_it_among_the_m(setup):
+    """``confirm=m`` forwards only the m candidates the first-order estimate ranks best: the same
+    images as exact greedy for every face whose choices all ranked < m, and the same as exact when
+    m >= K. The estimate must be informative: the exact choice ranks first more often than chance."""
+    net, _, targets = setup
+    net = net.double()
+    x_r = smooth_images(8, 7).double()
+    seeds = list(range(8))
+    run = lambda m: IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(confirm=m))  # noqa: E731
+    exact_att = run(0)
+    t_emb = exact_att.embed_targets(targets.double())
+    exact = exact_att(x_r, t_emb, rng=PerImageRandom(seeds))
+    assert exact.estimate_rank.shape == (4, 8) and (exact.estimate_rank == 0).float().mean() > 1 / len(targets)
+    for m in (1, 2):
+        cheap = run(m)(x_r, t_emb, rng=PerImageRandom(seeds))
+        same = (exact.estimate_rank < m).all(0)  # every choice of this face was among the estimate's m best
+        assert same.any()
+        assert torch.equal(cheap.x_p[same], exact.x_p[same]) and torch.equal(cheap.chosen[same], exact.chosen[same])
+        assert (cheap.estimate_rank < m).all()  # it can only choose among those it confirmed
+    assert torch.equal(run(len(targets))(x_r, t_emb, rng=PerImageRandom(seeds)).x_p, exact.x_p)
+    with pytest.raises(ValueError, match="confirm"):
+        GreedyInsertion(confirm=-1)
+
+
 def test_shortlist_of_one_follows_the_steps_own_embedding_without_a_candidate_forward(setup):
     """After the first step one candidate is left: no forward scores it; each face follows the
     target nearest the embedding its gradient pass saw (through the transform), as MT-DIM does."""

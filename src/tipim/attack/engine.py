@@ -38,6 +38,7 @@ class AttackResult:
     d_t: torch.Tensor  # (B,) D(x_p, nearest target); surrogate_success(d_t, d_r) is the success test
     loss: torch.Tensor  # (steps,) mean objective per step
     choice_rank: torch.Tensor  # (greedy steps, B) the chosen target's place by nearness to the face then (0 = nearest)
+    estimate_rank: torch.Tensor  # (greedy steps, B) the chosen candidate's place by the first-order estimate (0 = best)
 
 
 class IdentityMaskAttack(nn.Module):
@@ -161,6 +162,15 @@ class IdentityMaskAttack(nn.Module):
         g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
         return g if which is not None else g.transpose(0, 1)
 
+    def _first_order_order(self, x, x_c, grads, n, n_r, t_emb, cand) -> torch.Tensor:
+        """The candidates (B, C) ordered best first by a first-order estimate of the objective after
+        each one's step: its value now (the gradient pass's embedding) plus gradient . step. It
+        costs no network pass; ``GreedyInsertion(confirm=m)`` forwards only its m best."""
+        targets = t_emb[None].expand(len(x), -1, -1) if cand is None else t_emb[cand]
+        now = relative_identity_loss(n[:, None], targets, n_r[:, None], self.metric, self.away)
+        change = (grads * (x_c - x[:, None])).flatten(2).sum(-1)
+        return (now + change).argsort(1)
+
     def _step_grad(self, x, n, n_r, t_emb, which: torch.Tensor, parts, nat: torch.Tensor | None) -> torch.Tensor:
         """The gradient of the whole objective, identity (target ``which`` per image) plus
         naturalness, in one backward pass: the view and the transform are walked once, not twice."""
@@ -202,7 +212,7 @@ class IdentityMaskAttack(nn.Module):
             x = project(x + (rng.rand(*x.shape[1:], dtype=x.dtype) * 2 - 1) * self.step.eps, x_r, self.step.eps, self.step.norm)
         g = torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
-        history, ranks = [], []
+        history, ranks, estimate_ranks = [], [], []
         e_x = None if self.random_start else n_r  # the surrogate's embedding of the current x, when known
         with torch.enable_grad():
             for t in range(steps):
@@ -226,11 +236,17 @@ class IdentityMaskAttack(nn.Module):
                     g_c = self.step.accumulate(g[:, None], grads)
                     x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
                     with torch.no_grad():
-                        e_c = self.embed(see(x_c.flatten(0, 1))).view(len(x), grads.shape[1], -1)
+                        order = self._first_order_order(x.detach(), x_c, grads, n.detach(), n_r, t_emb, cand)
+                        keep = self.selector.confirmed(order)  # (B, m) candidates to confirm with a forward, or None: all
+                        tried = x_c if keep is None else x_c[rows[:, None], keep]
+                        e_c = self.embed(see(tried.flatten(0, 1))).view(len(x), tried.shape[1], -1)
                         best = self.selector.best(e_c, n_r, t_emb, self.metric)
+                        e_x = e_c[rows, best]
+                        best = best if keep is None else keep[rows, best]  # index among the candidates
                     new = best if cand is None else cand[rows, best]
-                    x, g, e_x = x_c[rows, best], g_c[rows, best], e_c[rows, best]
+                    x, g = x_c[rows, best], g_c[rows, best]
                     ranks.append((near == new[:, None]).long().argmax(1))
+                    estimate_ranks.append((order == best[:, None]).long().argmax(1))
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
                     g = self.step.accumulate(g, self._step_grad(x, n, n_r, t_emb, new, parts, nat))
@@ -246,9 +262,10 @@ class IdentityMaskAttack(nn.Module):
         x = x.detach()
         with torch.no_grad():
             d_r, d_t, nearest = judge(self.embed(see(x)), n_r, t_emb, self.metric)
-        choice_rank = torch.stack(ranks) if ranks else torch.zeros(0, len(x), dtype=torch.long, device=x.device)
+        none = torch.zeros(0, len(x), dtype=torch.long, device=x.device)
+        choice_rank = torch.stack(ranks) if ranks else none
         loss = torch.stack(history).float().cpu() if history else torch.zeros(0)
-        return AttackResult(x, nearest, idx, changes, d_r, d_t, loss, choice_rank)
+        return AttackResult(x, nearest, idx, changes, d_r, d_t, loss, choice_rank, torch.stack(estimate_ranks) if estimate_ranks else none)
 
 
 __all__ = ["AttackResult", "IdentityMaskAttack"]

@@ -49,10 +49,18 @@ class GreedyInsertion(TargetSelector):
     (through the input transform and feature dropout, if any; MT-DIM's rule), so it skips the
     candidate forward too (one surrogate forward per step fewer). Without either, that embedding
     is the face's own, and the choices are those of scoring the one candidate, bit for bit.
+
+    ``confirm=m`` keeps every candidate's gradient but forwards only the m candidates that a
+    first-order estimate ranks best (value now + gradient . step, no network pass), and keeps the
+    best of those by the exact gain: the paper's choice whenever that choice is among the m
+    (``AttackResult.estimate_rank`` < m; ``benchmarks/greedy_confirm.py`` measures how often).
     """
 
-    def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0):
+    def __init__(self, gain: str = "max", every: int = 1, shortlist: int = 0, confirm: int = 0):
         super().__init__()
+        if confirm < 0:
+            raise ValueError(f"confirm must be >= 0 (0 = a forward for every candidate), got {confirm}")
+        self.confirm = confirm
         if gain not in ("max", "sum"):
             raise ValueError(f"gain must be 'max' or 'sum', got {gain!r}")
         if every < 1:
@@ -74,6 +82,11 @@ class GreedyInsertion(TargetSelector):
         nearness (B, K), and the shortlist (B, m), or None for all K."""
         nearest = identity_distance(e_x[:, None], targets[None], metric).argsort(1)
         return nearest, (nearest[:, : self.m] if step > 0 and 0 < self.m < nearest.shape[1] else None)
+
+    def confirmed(self, order: torch.Tensor) -> torch.Tensor | None:
+        """Which candidates get a forward: the ``confirm`` best by the engine's first-order
+        estimate (``order`` (B, C), best first), or None for all of them."""
+        return order[:, : self.confirm] if 0 < self.confirm < order.shape[1] else None
 
     def best(self, e_c: torch.Tensor, e_r: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
         """Which candidate step each face keeps: the largest gain (Eq. 7) over the candidates'
