@@ -96,7 +96,8 @@ def main() -> None:
              f"T = {a.steps}, {a.faces} seeded LFW protocol probes, batch {a.batch}. `confirm m`: all K gradients, a forward for the m candidates "
              "a first-order estimate ranks best (value now + gradient . step). `same_as_exact`: share of exact greedy's choices that were among "
              "the estimate's m best (from the exact run; then confirm m chooses the same from the same state). `same images`: faces whose "
-             "final image equals exact greedy's. Times: this run, one after another.", "",
+             "final image equals exact greedy's (faces share an MMD term per batch, so one different choice changes its batch mates too). "
+             "Times: this run, one after another.", "",
              "| greedy | same_as_exact | same_as_exact after the first step | same images | success (surrogate) | s per face | x exact |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
