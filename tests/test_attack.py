@@ -415,22 +415,26 @@ def test_batch_size_changes_no_face(setup, transform, dropout):
     assert not torch.equal(one.x_p, other.x_p)  # the streams do matter
 
 
-def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(setup):
+def _greedy_variants(setup, option: str):
+    """Exact greedy and a cheaper variant on the same 8 faces, in float64: ``run(m)`` attacks them
+    with ``GreedyInsertion(**{option: m})`` (0 = exact) from the same random streams."""
     net, _, targets = setup
     net = net.double()
     x_r = smooth_images(8, 7).double()
-    seeds = list(range(8))
-    run = lambda m: IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(shortlist=m))  # noqa: E731
-    exact_att = run(0)
-    t_emb = exact_att.embed_targets(targets.double())
-    exact = exact_att(x_r, t_emb, rng=PerImageRandom(seeds))
-    short = run(1)(x_r, t_emb, rng=PerImageRandom(seeds))
+    make = lambda m: IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(**{option: m}))  # noqa: E731
+    t_emb = make(0).embed_targets(targets.double())
+    return lambda m: make(m)(x_r, t_emb, rng=PerImageRandom(list(range(8)))), len(targets)
+
+
+def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(setup):
+    run, k = _greedy_variants(setup, "shortlist")
+    exact, short = run(0), run(1)
     assert exact.choice_rank.shape == (4, 8) and (short.choice_rank[1:] == 0).all()  # the first step tries all
     assert torch.equal(short.choice_rank[0], exact.choice_rank[0])
     on_list = (exact.choice_rank[1:] == 0).all(0)  # every later choice of this face was its nearest target
     assert on_list.any() and not on_list.all()  # both cases occur on these faces
     assert torch.equal(short.x_p[on_list], exact.x_p[on_list]) and torch.equal(short.chosen[on_list], exact.chosen[on_list])
-    assert torch.equal(run(len(targets))(x_r, t_emb, rng=PerImageRandom(seeds)).x_p, exact.x_p)  # m >= K: the paper
+    assert torch.equal(run(k).x_p, exact.x_p)  # m >= K: the paper
     with pytest.raises(ValueError, match="shortlist"):
         GreedyInsertion(shortlist=-1)
 
@@ -439,22 +443,16 @@ def test_greedy_confirm_makes_the_papers_choice_whenever_the_estimate_ranks_it_a
     """``confirm=m`` forwards only the m candidates the first-order estimate ranks best: the same
     images as exact greedy for every face whose choices all ranked < m, and the same as exact when
     m >= K. The estimate must be informative: the exact choice ranks first more often than chance."""
-    net, _, targets = setup
-    net = net.double()
-    x_r = smooth_images(8, 7).double()
-    seeds = list(range(8))
-    run = lambda m: IdentityMaskAttack(net, MomentumStep(steps=4), GreedyInsertion(confirm=m))  # noqa: E731
-    exact_att = run(0)
-    t_emb = exact_att.embed_targets(targets.double())
-    exact = exact_att(x_r, t_emb, rng=PerImageRandom(seeds))
-    assert exact.estimate_rank.shape == (4, 8) and (exact.estimate_rank == 0).float().mean() > 1 / len(targets)
+    run, k = _greedy_variants(setup, "confirm")
+    exact = run(0)
+    assert exact.estimate_rank.shape == (4, 8) and (exact.estimate_rank == 0).float().mean() > 1 / k
     for m in (1, 2):
-        cheap = run(m)(x_r, t_emb, rng=PerImageRandom(seeds))
+        cheap = run(m)
         same = (exact.estimate_rank < m).all(0)  # every choice of this face was among the estimate's m best
         assert same.any()
         assert torch.equal(cheap.x_p[same], exact.x_p[same]) and torch.equal(cheap.chosen[same], exact.chosen[same])
         assert (cheap.estimate_rank < m).all()  # it can only choose among those it confirmed
-    assert torch.equal(run(len(targets))(x_r, t_emb, rng=PerImageRandom(seeds)).x_p, exact.x_p)
+    assert torch.equal(run(k).x_p, exact.x_p)
     with pytest.raises(ValueError, match="confirm"):
         GreedyInsertion(confirm=-1)
 
