@@ -293,7 +293,8 @@ def test_greedy_every_s_keeps_the_target_between_selections(setup):
     net, x_r, targets = setup
     picks = []
     att = IdentityMaskAttack(net, MomentumStep(steps=6), GreedyInsertion(every=3))
-    att(x_r, att.embed_targets(targets), on_step=lambda t, x, idx, o: picks.append(idx.clone()))
+    r = att(x_r, att.embed_targets(targets), on_step=lambda t, x, idx, o: picks.append(idx.clone()))
+    assert r.choice_rank.shape == (2, len(x_r))  # candidates were scored at steps 0 and 3 only: `every` is honoured
     assert torch.equal(picks[0], picks[1]) and torch.equal(picks[1], picks[2])
     assert torch.equal(picks[3], picks[4]) and torch.equal(picks[4], picks[5])
 

@@ -299,7 +299,7 @@ def test_a_runs_saved_config_builds_the_same_run_again(photo_run):
     again = build_protect(["--config", str(photo_run["out"] / "config.yaml")])
     a = again.model.attack
     assert again.model.method == "tipim-fast" and again.model.steps == 3 and a.away == 4.0
-    assert type(a.transform).__name__ == "PostingTransform" and vars(a.selector)["every"] == 5
+    assert type(a.transform).__name__ == "PostingTransform" and a.selector.every == 5
     assert again.datamodule.photos == [str(photo_run["in"])] and again.model.output_dir == str(photo_run["out"])
 
 
