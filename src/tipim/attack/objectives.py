@@ -50,9 +50,12 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, k
     multi-kernel MMD of Long et al. 2015, as in the official TIP-IM code). Batched over leading dims."""
     z = torch.cat([x, y], dim=-2)
     n = z.shape[-2]
-    # |a|^2 + |b|^2 - 2 a.b: one matrix product (cdist's direct loop was 2/3 of a face's MMD step)
+    # |a|^2 + |b|^2 - 2 a.b: a matrix product (cdist's direct loop was 2/3 of a face's MMD step),
+    # one per set, so that a set's sums do not depend on how many sets are computed with it
     sq = (z * z).sum(-1)
-    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * z @ z.transpose(-1, -2)).clamp_min(0)
+    flat = z.reshape(-1, n, z.shape[-1])
+    gram = torch.stack([m @ m.T for m in flat]).view(*z.shape[:-1], n)
+    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0)
     d2 = d2 * (1 - torch.eye(n, dtype=z.dtype, device=z.device))  # exactly 0 to itself
     bandwidth = (d2.detach().sum(dim=(-2, -1), keepdim=True) / max(n * n - n, 1)).clamp_min(1e-12)
     bandwidth = bandwidth / kernel_mul ** (kernel_num // 2)
