@@ -162,23 +162,23 @@ class IdentityMaskAttack(nn.Module):
         g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
         return g if which is not None else g.transpose(0, 1)
 
-    def _first_order_order(self, x, x_c, grads, n, n_r, t_emb, cand) -> torch.Tensor:
+    def _first_order_order(self, x, x_cand, grads, n, n_r, t_emb, cand) -> torch.Tensor:
         """The candidates (B, C) ordered best first by a first-order estimate of the objective after
         each one's step: its value now (the gradient pass's embedding) plus gradient . step. It
         costs no network pass; ``GreedyInsertion(confirm=m)`` forwards only its m best."""
         targets = t_emb[None].expand(len(x), -1, -1) if cand is None else t_emb[cand]
         now = relative_identity_loss(n[:, None], targets, n_r[:, None], self.metric, self.away)
-        change = (grads * (x_c - x[:, None])).flatten(2).sum(-1)
+        change = (grads * (x_cand - x[:, None])).flatten(2).sum(-1)
         return (now + change).argsort(1)
 
-    def _step_grad(self, x, n, n_r, t_emb, which: torch.Tensor, parts, nat: torch.Tensor | None) -> torch.Tensor:
+    def _step_grad(self, x, n, n_r, t_emb, which: torch.Tensor, parts, natural: torch.Tensor | None) -> torch.Tensor:
         """The gradient of the whole objective, identity (target ``which`` per image) plus
         naturalness, in one backward pass: the view and the transform are walked once, not twice."""
-        if parts is not None or nat is None:
+        if parts is not None or natural is None:
             grad = self._identity_grads(x, n, n_r, t_emb, which, parts)
-            return grad + torch.autograd.grad(nat.sum(), x)[0] if nat is not None else grad
+            return grad + torch.autograd.grad(natural.sum(), x)[0] if natural is not None else grad
         v = self._cotangents(n.detach(), n_r, t_emb, which)
-        total = nat.sum()
+        total = natural.sum()
         return torch.autograd.grad([n, total], x, grad_outputs=[v, torch.ones_like(total)])[0]
 
     def forward(
@@ -199,11 +199,11 @@ class IdentityMaskAttack(nn.Module):
         seeded from torch's global generator); ``groups``: each face's MMD group id (default:
         consecutive runs of ``naturalness.group``)."""
         steps = self.step.steps if steps is None else steps
-        see = view if view is not None else (lambda v: v)
+        to_crop = view if view is not None else (lambda v: v)
         x_r = x_r.detach()
         with torch.no_grad():
-            c_r = see(x_r)
-            n_r = self.embed(c_r)
+            crop_r = to_crop(x_r)
+            n_r = self.embed(crop_r)
         rng = rng_for(x_r, rng)
         idx = self.selector.initial(n_r, t_emb, self.metric, rng)
         changes = torch.zeros_like(idx)
@@ -213,55 +213,55 @@ class IdentityMaskAttack(nn.Module):
         g = torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
         history, ranks, estimate_ranks = [], [], []
-        e_x = None if self.random_start else n_r  # the surrogate's embedding of the current x, when known
+        e_now = None if self.random_start else n_r  # the surrogate's embedding of the current x, when known
         with torch.enable_grad():
             for t in range(steps):
                 x = x.detach().requires_grad_(True)
-                c = see(x)
-                xin = self.transform(c, rng) if self.transform is not None else c
+                crop = to_crop(x)
+                seen = self.transform(crop, rng) if self.transform is not None else crop
                 with self.dropout.active(rng) if self.dropout is not None else nullcontext():
-                    parts = self.embed_parts(xin) if self.balance is not None else None
-                    n = torch.cat(parts, -1) if parts is not None else self.embed(xin)
-                nat = self.naturalness(c, c_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
+                    parts = self.embed_parts(seen) if self.balance is not None else None
+                    n = torch.cat(parts, -1) if parts is not None else self.embed(seen)
+                natural = self.naturalness(crop, crop_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
                 if self.selector.evaluates_candidates(t):
-                    nat_grad = torch.autograd.grad(nat.sum(), x, retain_graph=True)[0] if nat is not None else 0.0
+                    natural_grad = torch.autograd.grad(natural.sum(), x, retain_graph=True)[0] if natural is not None else 0.0
                     with torch.no_grad():  # the face now (untransformed) orders the targets to try
-                        e_x = self.embed(see(x.detach())) if e_x is None else e_x
-                    near, cand = self.selector.candidates(e_x, t_emb, self.metric, t)  # cand (B, m), or None: all K
+                        e_now = self.embed(to_crop(x.detach())) if e_now is None else e_now
+                    near, cand = self.selector.candidates(e_now, t_emb, self.metric, t)  # cand (B, m), or None: all K
                     if cand is None:
                         grads = self._identity_grads(x, n, n_r, t_emb, None, parts)
                     else:
                         grads = torch.stack([self._identity_grads(x, n, n_r, t_emb, cand[:, j], parts) for j in range(cand.shape[1])], 1)
-                    grads = grads + (nat_grad[:, None] if nat is not None else 0.0)
-                    g_c = self.step.accumulate(g[:, None], grads)
-                    x_c = self.step.update(x.detach()[:, None], x_r[:, None], g_c)
+                    grads = grads + (natural_grad[:, None] if natural is not None else 0.0)
+                    g_cand = self.step.accumulate(g[:, None], grads)
+                    x_cand = self.step.update(x.detach()[:, None], x_r[:, None], g_cand)
                     with torch.no_grad():
-                        order = self._first_order_order(x.detach(), x_c, grads, n.detach(), n_r, t_emb, cand)
+                        order = self._first_order_order(x.detach(), x_cand, grads, n.detach(), n_r, t_emb, cand)
                         keep = self.selector.confirmed(order)  # (B, m) candidates to confirm with a forward, or None: all
-                        tried = x_c if keep is None else x_c[rows[:, None], keep]
-                        e_c = self.embed(see(tried.flatten(0, 1))).view(len(x), tried.shape[1], -1)
-                        best = self.selector.best(e_c, n_r, t_emb, self.metric)
-                        e_x = e_c[rows, best]
+                        tried = x_cand if keep is None else x_cand[rows[:, None], keep]
+                        e_cand = self.embed(to_crop(tried.flatten(0, 1))).view(len(x), tried.shape[1], -1)
+                        best = self.selector.best(e_cand, n_r, t_emb, self.metric)
+                        e_now = e_cand[rows, best]
                         best = best if keep is None else keep[rows, best]  # index among the candidates
                     new = best if cand is None else cand[rows, best]
-                    x, g = x_c[rows, best], g_c[rows, best]
+                    x, g = x_cand[rows, best], g_cand[rows, best]
                     ranks.append((near == new[:, None]).long().argmax(1))
                     estimate_ranks.append((order == best[:, None]).long().argmax(1))
                 else:
                     new = self.selector.assign(t, n, t_emb, idx, self.metric)
-                    g = self.step.accumulate(g, self._step_grad(x, n, n_r, t_emb, new, parts, nat))
-                    x, e_x = self.step.update(x.detach(), x_r, g), None
+                    g = self.step.accumulate(g, self._step_grad(x, n, n_r, t_emb, new, parts, natural))
+                    x, e_now = self.step.update(x.detach(), x_r, g), None
                 if t > 0:
                     changes += (new != idx).long()
                 idx = new
                 with torch.no_grad():
                     obj = relative_identity_loss(n.detach(), t_emb[idx], n_r, self.metric, self.away)
-                    history.append((obj + (nat.detach() if nat is not None else 0.0)).mean())  # stays on the device: no sync per step
+                    history.append((obj + (natural.detach() if natural is not None else 0.0)).mean())  # stays on the device: no sync per step
                 if on_step is not None:
                     on_step(t, x.detach(), idx, float(history[-1]))
         x = x.detach()
         with torch.no_grad():
-            d_r, d_t, nearest = judge(self.embed(see(x)), n_r, t_emb, self.metric)
+            d_r, d_t, nearest = judge(self.embed(to_crop(x)), n_r, t_emb, self.metric)
         none = torch.zeros(0, len(x), dtype=torch.long, device=x.device)
         choice_rank = torch.stack(ranks) if ranks else none
         loss = torch.stack(history).float().cpu() if history else torch.zeros(0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tipim.attack.objectives import gain, identity_distance
+from tipim.attack import objectives
+from tipim.attack.objectives import identity_distance
 
 
 def nearest_target(e: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
@@ -19,7 +20,7 @@ def nearest_target(e: torch.Tensor, targets: torch.Tensor, metric: str) -> torch
 
 class TargetSelector(nn.Module):
     """Which target each face follows. Only a selector that ``evaluates_candidates`` (greedy
-    insertion) has a gain to score candidate steps with (``gain_reduce``)."""
+    insertion) has a gain to score candidate steps with (``gain``: ``'max'`` or ``'sum'``)."""
 
     def evaluates_candidates(self, step: int) -> bool:
         return False
@@ -67,13 +68,13 @@ class GreedyInsertion(TargetSelector):
             raise ValueError(f"every must be >= 1, got {every}")
         if shortlist < 0:
             raise ValueError(f"shortlist must be >= 0 (0 = every target), got {shortlist}")
-        self.gain_reduce, self.every, self.m = gain, every, shortlist
+        self.gain, self.every, self.shortlist = gain, every, shortlist
 
     def evaluates_candidates(self, step: int) -> bool:
-        return step % self.every == 0 and (step == 0 or self.m != 1)
+        return step % self.every == 0 and (step == 0 or self.shortlist != 1)
 
     def assign(self, step, e_x, targets, current, metric):
-        if self.m == 1 and step > 0 and step % self.every == 0:  # the nearest to the step's own embedding: no candidate forward
+        if self.shortlist == 1 and step > 0 and step % self.every == 0:  # the nearest to the step's own embedding: no candidate forward
             return nearest_target(e_x, targets, metric)
         return current
 
@@ -81,7 +82,7 @@ class GreedyInsertion(TargetSelector):
         """The targets to try from the face now (``e_x`` (B, D)): every target's index ordered by
         nearness (B, K), and the shortlist (B, m), or None for all K."""
         nearest = identity_distance(e_x[:, None], targets[None], metric).argsort(1)
-        return nearest, (nearest[:, : self.m] if step > 0 and 0 < self.m < nearest.shape[1] else None)
+        return nearest, (nearest[:, : self.shortlist] if step > 0 and 0 < self.shortlist < nearest.shape[1] else None)
 
     def confirmed(self, order: torch.Tensor) -> torch.Tensor | None:
         """Which candidates get a forward: the ``confirm`` best by the engine's first-order
@@ -93,7 +94,7 @@ class GreedyInsertion(TargetSelector):
         embeddings ``e_c`` (B, C, D), against the originals ``e_r`` (B, D) and all targets."""
         d_r = identity_distance(e_c, e_r[:, None], metric)
         d_t = identity_distance(e_c[:, :, None], targets[None, None], metric)
-        return gain(d_r, d_t, self.gain_reduce).argmax(1)
+        return objectives.gain(d_r, d_t, self.gain).argmax(1)
 
 
 class FixedTarget(TargetSelector):
