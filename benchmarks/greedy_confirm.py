@@ -28,7 +28,7 @@ import torch
 def aligned(lfw: Path, entries: list[dict]) -> torch.Tensor:
     """The protocol's images (``<identity>/<name>.png`` paths, the LFW JPEG behind each), aligned."""
     from tipim.align.aligner import FaceAligner
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
 
     aligner, crops = FaceAligner(), []
     for e in entries:

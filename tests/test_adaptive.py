@@ -119,7 +119,7 @@ def test_each_attacker_trains_on_real_pairs_resumes_and_scores(lfw, tmp_path):
 
     # the purifier as the attacker's recogniser in the field benchmark: a row of its own
     from tipim.evaluation.field import make_field_set, score_field
-    from tipim.io import append_jsonl
+    from tipim.files import append_jsonl
 
     field = make_field_set(lfw, tmp_path / "field", probes=2, distractors=3, sizes=(80,), seed=3)
     clean_run = tmp_path / "runs" / "clean@80"

@@ -188,7 +188,7 @@ def test_photo_pipeline_protects_and_ranks_what_an_attacker_sees(lfw_protocol, t
 
 def test_a_moved_run_reads_its_own_images_not_the_recorded_paths(tmp_path):
     from tipim.evaluation.evaluate import read_run
-    from tipim.io import append_jsonl
+    from tipim.files import append_jsonl
 
     old, new = tmp_path / "old" / "run", tmp_path / "moved" / "run"
     for d in (old, new):

@@ -109,7 +109,7 @@ def test_protect_writes_a_large_photo_with_its_big_face_protected_and_bounded(tm
     changed, the surrogate fooled on the written file."""
     need_model("mtcnn")
     need_model("arcface-mbf")
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
 
     src = tmp_path / "in"
     src.mkdir()

@@ -44,7 +44,7 @@ def test_crop_view_shows_the_aligners_crop_of_every_face():
     need_model("mtcnn")
     need_model("demo")
     from tipim.align.aligner import FaceAligner
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
     from tipim.zoo.registry import artifact_path
 
     photo = load_rgb(artifact_path("demo-gdp"))
@@ -365,7 +365,7 @@ def test_help_leads_with_the_photo_options():
 
 @pytest.mark.slow
 def test_written_photos_keep_size_bound_and_drop_metadata(photo_run):
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
 
     rows = [json.loads(x) for x in (photo_run["out"] / "manifest.jsonl").read_text().splitlines()]
     for row in (x for x in rows if x["status"] == "ok"):
@@ -401,7 +401,7 @@ def test_jpeg_output_and_kept_metadata(tmp_path):
     need_model("arcface-mbf")
     need_model("mtcnn")
     need_model("demo")
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
 
     exif = Image.Exif()
     exif[0x010F] = "CameraMaker"
@@ -453,7 +453,7 @@ def test_self_check_tells_a_recognised_face_from_a_changed_one():
     assert same[0]["found"] and same[0]["recognised_by"] == ["sface"] and same[0]["models"]["sface"]["cos"] > 0.9
     other = photo.copy()  # someone else's face where the face was
     from tipim.zoo.registry import artifact_path
-    from tipim.io import load_rgb
+    from tipim.files import load_rgb
 
     team = load_rgb(artifact_path("demo-gdp"))
     x0, y0, x1, y1 = (int(v) for v in boxes[0])
@@ -474,7 +474,7 @@ def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     need_model("mtcnn")
     need_model("sface")
     from tipim.evaluation.field import held_out_markdown, make_field_set, markdown, score_field
-    from tipim.io import append_jsonl
+    from tipim.files import append_jsonl
     from tipim.models import ZooEmbedder
 
     field = make_field_set(lfw, tmp_path / "field", probes=3, distractors=8, sizes=(80,), seed=1)

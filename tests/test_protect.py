@@ -138,7 +138,7 @@ def test_a_killed_run_resumes_without_losing_or_duplicating(single_run, demo_dat
 
 
 def test_a_second_run_on_the_same_folder_is_refused(demo_data, tmp_path):
-    from tipim.io import RunLock
+    from tipim.files import RunLock
 
     out = tmp_path / "busy"
     lock = RunLock(out).acquire()  # a live run holds the folder

@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     args = cfg[".".join(path)]
     errors: tuple = (FileNotFoundError, KeyError, ValueError)  # bad config or input: say what and how to fix
     if protect:
-        from tipim.io import OutputBusyError
+        from tipim.files import OutputBusyError
 
         errors += (OutputBusyError,)
     try:

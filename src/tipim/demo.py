@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tipim.io import load_rgb, save_png
+from tipim.files import load_rgb, save_png
 from tipim.zoo.registry import artifact_path
 
 

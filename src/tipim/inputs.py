@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from tipim.io import IMAGE_SUFFIXES, LOCK_NAME, READABLE, read_jsonl
+from tipim.files import IMAGE_SUFFIXES, LOCK_NAME, READABLE, read_jsonl
 
 
 @dataclass(frozen=True)

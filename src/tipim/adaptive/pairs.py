@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tipim.io import load_rgb
+from tipim.files import load_rgb
 
 
 def excluded_people(lfw: str | Path, fields=(), protocol_seed: int | None = 0) -> set[str]:

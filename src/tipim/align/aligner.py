@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from tipim.align.transform import ARCFACE_SIZE, ARCFACE_TEMPLATE, estimate_similarity
-from tipim.io import ImageReadError, append_jsonl, list_images, load_rgb, read_jsonl, save_png
+from tipim.files import ImageReadError, append_jsonl, list_images, load_rgb, read_jsonl, save_png
 
 MULTI_POLICIES = ("center", "largest", "all", "error")
 DETECT_SIZE = 1600  # longest side searched for faces; see FaceAligner.detect

@@ -18,7 +18,7 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 from tipim.evaluation.metrics import RankSuccess, SetMMD
 from tipim.evaluation.protocol import load_protocol
 from tipim.evaluation.verification import embed_files, load_faces
-from tipim.io import read_jsonl
+from tipim.files import read_jsonl
 from tipim.zoo.registry import cache_dir
 
 
@@ -84,16 +84,16 @@ def attacker_sees(photo: np.ndarray, jpeg: int, aligner, resample: str = "warp",
     tipim's own crop does not use, so a mask that lived on a sub-grid of pixels would show.
     ``purify``: what the attacker then does to the whole photo (``tipim.evaluation.purify``, e.g.
     ``median:5`` or ``median:3+jpeg:75``)."""
-    import io as _io
+    import io
 
     from PIL import Image
 
-    from tipim.io import encode_image
+    from tipim.files import encode_image
 
     if resample not in RESAMPLERS:
         raise ValueError(f"resample must be one of {RESAMPLERS}, got {resample!r}")
     if jpeg:
-        photo = np.array(Image.open(_io.BytesIO(encode_image(photo, "jpeg", jpeg))).convert("RGB"))
+        photo = np.array(Image.open(io.BytesIO(encode_image(photo, "jpeg", jpeg))).convert("RGB"))
     if purify:
         from tipim.evaluation.purify import purify as apply
 
@@ -118,7 +118,7 @@ def attacker_view(run_dir: str | Path, jpeg: int = 0, aligner=None, purify: str 
     ``evaluate_runs`` ranks like any other. Photos where no face is found are recorded as
     ``no_face`` and count as missing probes. PSNR/SSIM/MMD of the derived run are measured on
     the full photos as written (``quality.json``), not on the re-detected crops."""
-    from tipim.io import append_jsonl, load_rgb, read_jsonl, save_png
+    from tipim.files import append_jsonl, load_rgb, read_jsonl, save_png
 
     info, ok = read_run(run_dir)
     view = Path(run_dir) / (f"attacker-jpeg{jpeg}" + (f"-{purify.replace(':', '').replace('+', '-')}" if purify else ""))

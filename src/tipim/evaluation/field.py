@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from tipim.evaluation.verification import embed_crops
-from tipim.io import load_rgb, read_jsonl, save_png
+from tipim.files import load_rgb, read_jsonl, save_png
 
 
 def make_field_set(lfw: str | Path, out: str | Path, probes: int = 50, distractors: int = 500, sizes=(40, 55, 110), seed: int = 0, gallery_per_person: int = 5) -> dict:

@@ -12,7 +12,7 @@ import json
 import random
 from pathlib import Path
 
-from tipim.io import IMAGE_SUFFIXES
+from tipim.files import IMAGE_SUFFIXES
 
 
 def identities(root: str | Path) -> dict[str, list[str]]:

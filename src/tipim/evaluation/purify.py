@@ -18,7 +18,7 @@ import numpy as np
 def _jpeg(photo: np.ndarray, q: float) -> np.ndarray:
     from PIL import Image
 
-    from tipim.io import encode_image
+    from tipim.files import encode_image
 
     return np.array(Image.open(io.BytesIO(encode_image(photo, "jpeg", int(q)))).convert("RGB"))
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tipim.io import load_rgb
+from tipim.files import load_rgb
 
 
 @dataclass(frozen=True)

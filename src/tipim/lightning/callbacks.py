@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from tipim.attack.objectives import surrogate_success
-from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
+from tipim.files import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
 
 
 class ManifestWriter(BasePredictionWriter):

@@ -19,7 +19,7 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
-from tipim.io import read_jsonl
+from tipim.files import read_jsonl
 from tipim.lightning.data import RunData
 from tipim.lightning.module import ProtectionModule
 from tipim.lightning.photo_data import NO_PHOTOS, PhotoDataModule
@@ -278,7 +278,7 @@ def _lead_rank() -> bool:
 
 def run(protect: Protect) -> int:
     """Protect what ``protect`` names; print one summary line. 0: all protected, 1: some failed."""
-    from tipim.io import RunLock, remove_partials
+    from tipim.files import RunLock, remove_partials
 
     model, data, trainer = protect.model, protect.datamodule, protect.trainer
     lock = None

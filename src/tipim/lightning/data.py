@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tipim.io import IMAGE_SUFFIXES, ImageReadError, list_images, load_rgb, read_jsonl
+from tipim.files import IMAGE_SUFFIXES, ImageReadError, list_images, load_rgb, read_jsonl
 
 FACE_SIZE = 112
 

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, grid_matrix, mask_grid_factor, region_matrix, to_grid
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
-from tipim.io import MAX_PIXELS, READABLE, ImageReadError, load_rgb
+from tipim.files import MAX_PIXELS, READABLE, ImageReadError, load_rgb
 from tipim.lightning.callbacks import RunProgress
 from tipim.lightning.data import RunData
 from tipim.lightning.photo_writer import FORMATS, ProtectedPhotoWriter, say

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from tipim.attack.objectives import surrogate_success
-from tipim.io import append_jsonl, atomic_write_bytes, encode_image, load_rgb
+from tipim.files import append_jsonl, atomic_write_bytes, encode_image, load_rgb
 from tipim.lightning.callbacks import ManifestWriter
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
