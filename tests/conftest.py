@@ -7,6 +7,7 @@ from unittest import mock
 
 import pytest
 import torch
+from PIL import Image
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, whatever the machine has
@@ -73,3 +74,10 @@ def run_tipim(args, env: dict | None = None) -> subprocess.CompletedProcess:
         finally:
             torch.set_num_threads(before)
     return subprocess.CompletedProcess(["tipim", *map(str, args)], code or 0, out.getvalue(), err.getvalue())
+
+
+def astronaut(size: int = 256) -> Image.Image:
+    """scikit-image's astronaut: a real face photo that ships with a registry package."""
+    import skimage.data
+
+    return Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.BICUBIC)

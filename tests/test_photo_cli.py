@@ -1,5 +1,6 @@
-"""Whole photos: paste-back round trip, the robust transform, and the CLI on a corpus of odd inputs
-(real MTCNN, real arcface-mbf, real photos: scikit-image's astronaut and the packaged team photo)."""
+"""`tipim protect` on photos, as a user runs it: a corpus of odd inputs, the written files (size,
+bound, metadata), resume, output formats, goals, presets and the one parser (real MTCNN, real
+arcface-mbf, real photos: scikit-image's astronaut and the packaged team photo)."""
 
 import json
 import os
@@ -10,158 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from conftest import need_model, run_tipim
+from conftest import astronaut, need_model, run_tipim
+
 
 TIPIM = [sys.executable, "-m", "tipim.cli"]
+
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def astronaut(size: int = 256) -> Image.Image:
-    import skimage.data
-
-    return Image.fromarray(skimage.data.astronaut()).resize((size, size), Image.BICUBIC)
-
-
-def _regions(photo: np.ndarray, faces):
-    """The batch the photo pipeline builds: padded regions, rectangles, a CropView."""
-    from tipim.align.paste import CropView, face_region, region_matrix
-
-    h, w = photo.shape[:2]
-    rects = [face_region(f.matrix, h, w) for f in faces]
-    hh, ww = max(r[3] - r[1] for r in rects), max(r[2] - r[0] for r in rects)
-    x = torch.zeros(len(faces), 3, hh, ww)
-    for i, (x0, y0, x1, y1) in enumerate(rects):
-        x[i, :, : y1 - y0, : x1 - x0] = torch.from_numpy(photo[y0:y1, x0:x1]).permute(2, 0, 1).float() / 255
-    m = torch.stack([region_matrix(f.matrix, r[0], r[1]) for f, r in zip(faces, rects)])
-    sizes = torch.tensor([[r[3] - r[1], r[2] - r[0]] for r in rects])
-    return x, rects, CropView(m, sizes), m, sizes
-
-
-def test_crop_view_shows_the_aligners_crop_of_every_face():
-    need_model("mtcnn")
-    need_model("demo")
-    from tipim.align.aligner import FaceAligner
-    from tipim.files import load_rgb
-    from tipim.zoo.registry import artifact_path
-
-    photo = load_rgb(artifact_path("demo-gdp"))
-    faces, _ = FaceAligner(multi="all").faces(photo)
-    assert len(faces) >= 3
-    x, rects, view, _, _ = _regions(photo, faces)
-    crops = torch.stack([torch.from_numpy(f.crop).permute(2, 0, 1) for f in faces]).float() / 255
-    assert view.s == [1] * len(faces) and float((view(x) - crops).abs().max()) * 255 < 0.51  # the aligner's uint8 crop, up to its rounding
-    with pytest.raises(ValueError, match="faces got a batch"):
-        view(x[:1])
-
-
-def test_a_faces_crop_does_not_depend_on_the_faces_batched_with_it():
-    """Photos batched together: a small face padded next to a large one (which needs area
-    resampling) is seen exactly as alone, so the photo batch size changes no crop."""
-    need_model("mtcnn")
-    from tipim.align.aligner import FaceAligner
-    from tipim.align.paste import CropView
-
-    aligner = FaceAligner(multi="largest")
-    seen = []
-    for size in (1400, 160):
-        photo = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((size, size), Image.BICUBIC))
-        seen.append(_regions(photo, aligner.faces(photo)[0]))
-    (xb, _, vb, mb, sb), (xs, _, vs, ms, ss) = seen
-    both = torch.zeros(2, 3, *xb.shape[-2:], dtype=torch.float64)
-    both[0] = xb[0]
-    both[1, :, : xs.shape[-2], : xs.shape[-1]] = xs[0]
-    view = CropView(torch.cat([mb, ms]), torch.cat([sb, ss]))
-    assert view.s[0] > 1 and view.s[1] == 1
-    together = view(both)
-    assert torch.equal(together[1], vs(xs.double())[0]) and torch.equal(together[0], vb(xb.double())[0])
-
-
-def test_crop_view_gradient_covers_a_large_face_and_stays_inside_a_small_ones_region():
-    need_model("mtcnn")
-    from tipim.align.aligner import FaceAligner
-
-    aligner = FaceAligner(multi="largest")
-    for size, oversampled in ((1400, True), (160, False)):  # faces of ~480 and ~30 pixels
-        photo = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((size, size), Image.BICUBIC))
-        faces, _ = aligner.faces(photo)
-        x, rects, view, _, _ = _regions(photo, faces)
-        assert (view.s[0] > 1) == oversampled
-        x.requires_grad_(True)
-        view(x).sum().backward()
-        g = x.grad[0].abs().sum(0)
-        (x0, y0, x1, y1) = rects[0]
-        assert float(g[y1 - y0 :].abs().sum() + g[:, x1 - x0 :].abs().sum()) == 0  # padding never seen
-        # the crop's footprint (its inner half, well inside the rotated square) is fully seen
-        cy, cx, r = (y1 - y0) // 2, (x1 - x0) // 2, (x1 - x0) // 5
-        assert float((g[cy - r : cy + r, cx - r : cx + r] > 0).float().mean()) > 0.99
-
-
-def test_protected_regions_are_what_the_photo_holds_within_the_exact_bound():
-    """Small, large and several faces: the mask is optimised in photo pixels, pasted with the
-    bound exact, and the written photo, cropped as an aligner crops it, is what was optimised."""
-    need_model("mtcnn")
-    need_model("arcface-mbf")
-    from tipim.align.aligner import FaceAligner
-    from tipim.align.paste import crop_faces, paste_regions
-    from tipim.attack import IdentityMaskAttack, MomentumStep, quantise_within
-    from tipim.models import ZooEmbedder
-
-    torch.manual_seed(0)
-    attack = IdentityMaskAttack(ZooEmbedder("arcface-mbf"), MomentumStep(12 / 255, steps=8))
-    t_emb = torch.nn.functional.normalize(torch.randn(4, 512), dim=-1)
-    small = np.array(astronaut(512).resize((190, 190), Image.BICUBIC))  # a face ~33 px wide
-    big = np.array(astronaut(512).crop((100, 0, 400, 300)).resize((1000, 1000), Image.BICUBIC))  # ~340 px
-    group = np.concatenate([small, small[:, ::-1]], 1).copy()  # two faces
-    for photo, n_faces in ((small, 1), (big, 1), (group, 2)):
-        faces, _ = FaceAligner(multi="all").faces(photo)
-        assert len(faces) == n_faces
-        x, rects, view, _, _ = _regions(photo, faces)
-        r = attack(x, t_emb, view=view)
-        x_r8, x_p8 = (x * 255).round().to(torch.uint8), quantise_within(r.x_p, x, 12 / 255)
-        out = paste_regions(photo, x_r8, x_p8, rects, 12)
-        touched = np.zeros(photo.shape[:2], bool)
-        for x0, y0, x1, y1 in rects:
-            touched[y0:y1, x0:x1] = True
-        d = np.abs(out.astype(int) - photo.astype(int))
-        assert d.max() == 12 and not d.max(2)[~touched].any()
-        m = torch.tensor([f.matrix for f in faces])
-        e_written = attack.embed(crop_faces(out, m))
-        e_optimised = attack.embed(view(x_p8.float() / 255))
-        e_clean = attack.embed(crop_faces(photo, m))
-        assert (e_written * e_optimised).sum(1).min() > 0.97  # what is written is what was optimised
-        assert (e_written * e_clean).sum(1).max() < 0.5  # and it moved the identity
-
-
-def test_paste_regions_rejects_mismatched_inputs():
-    from tipim.align.paste import paste_regions
-
-    photo = np.zeros((50, 50, 3), np.uint8)
-    x = torch.zeros(2, 3, 10, 10, dtype=torch.uint8)
-    with pytest.raises(ValueError, match="boxes"):
-        paste_regions(photo, x, x, [(0, 0, 10, 10)], 12)
-    with pytest.raises(ValueError, match="uint8"):
-        paste_regions(photo.astype(np.float32), x, x, [(0, 0, 10, 10)] * 2, 12)
-
-
-def test_posting_transform_is_differentiable_and_bounded():
-    from tipim.attack import PostingTransform, RandomAffine
-
-    torch.manual_seed(0)
-    t = PostingTransform(quality=(70, 90), base=RandomAffine())
-    x = torch.rand(3, 3, 112, 112, requires_grad=True)
-    y = t(x)
-    v = y.detach()
-    assert v.shape == x.shape and 0 <= float(v.min()) and float(v.max()) <= 1.0 + 1e-4
-    y.mean().backward()
-    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    # JPEG at quality 75 is close to, but not equal to, its input
-    j = PostingTransform(quality=(75, 75), jpeg_prob=1.0, scale=(1.0, 1.0), shift=0)(x.detach())
-    assert 0 < float((j - x.detach()).abs().mean()) < 0.2
-    with pytest.raises(ValueError, match="quality"):
-        PostingTransform(quality=(0, 120))
 
 
 NOCAPS = ["setpriv", "--bounding-set", "-dac_override,-dac_read_search"]  # root obeys file modes too
@@ -434,113 +292,6 @@ def test_goal_hide_moves_the_face_further_from_the_person_than_goal_target(tmp_p
         ((face,),) = [json.loads(line)["faces"] for line in (out / "manifest.jsonl").read_text().splitlines()]
         faces[goal] = face
     assert faces["hide"]["surrogate_d_r"] > faces["target"]["surrogate_d_r"]
-
-
-def test_self_check_tells_a_recognised_face_from_a_changed_one():
-    need_model("mtcnn")
-    need_model("sface")
-    from tipim.align.aligner import FaceAligner
-    from tipim.align.paste import crop_faces
-    from tipim.evaluation.selfcheck import IndependentCheck, describe
-
-    photo = np.array(astronaut(256))
-    faces, _ = FaceAligner(multi="all").faces(photo)
-    m = torch.tensor([f.matrix for f in faces])
-    clean = (crop_faces(photo, m) * 255).round().to(torch.uint8)
-    boxes = [f.box for f in faces]
-    check = IndependentCheck(["sface"])
-    same = check(photo.copy(), clean, boxes)
-    assert same[0]["found"] and same[0]["recognised_by"] == ["sface"] and same[0]["models"]["sface"]["cos"] > 0.9
-    other = photo.copy()  # someone else's face where the face was
-    from tipim.zoo.registry import artifact_path
-    from tipim.files import load_rgb
-
-    team = load_rgb(artifact_path("demo-gdp"))
-    x0, y0, x1, y1 = (int(v) for v in boxes[0])
-    stranger, _ = FaceAligner(multi="largest").faces(team)
-    sx0, sy0, sx1, sy1 = (int(v) for v in stranger[0].box)
-    patch = Image.fromarray(team[sy0:sy1, sx0:sx1]).resize((x1 - x0, y1 - y0))
-    other[y0:y1, x0:x1] = np.asarray(patch)
-    changed = check(other, clean, boxes)
-    assert changed[0]["found"] and changed[0]["recognised_by"] == []
-    gone = check(np.full_like(photo, 128), clean, boxes)
-    assert gone[0] == {"found": False, "recognised_by": [], "models": {}}
-    assert describe(same + changed + gone, ["sface"]) == "independent check (sface): 2/3 faces recognised by none of 1 models, 1 by 1"
-
-
-def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
-    """The benchmark's scoring on a tiny set: a run that writes the clean photos is not
-    protected, one that writes somebody else's photo is, one with no face counts as missing."""
-    need_model("mtcnn")
-    need_model("sface")
-    from tipim.evaluation.field import held_out_markdown, make_field_set, markdown, score_field
-    from tipim.files import append_jsonl
-    from tipim.models import ZooEmbedder
-
-    field = make_field_set(lfw, tmp_path / "field", probes=3, distractors=8, sizes=(80,), seed=1)
-    people = [p["identity"] for p in field["probes"]]
-    assert len(people) == 3 and all(p["identity"] in {g["identity"] for g in field["gallery"]} for p in field["probes"])
-    photos = tmp_path / "field" / "photos-80"
-    for label, pick in (("clean", lambda i: photos / f"{people[i]}.png"), ("swapped", lambda i: photos / f"{people[(i + 1) % 3]}.png"), ("blank", None)):
-        run = tmp_path / "runs" / f"{label}@80"
-        (run / "images").mkdir(parents=True)
-        for i, p in enumerate(people):
-            img = Image.open(pick(i)) if pick else Image.new("RGB", (100, 100), "grey")
-            img.save(run / "images" / f"{p}.png")
-            append_jsonl(run / "manifest.jsonl", {"id": p, "status": "ok", "output": f"images/{p}.png", "method": label,
-                                                  "surrogates": ["arcface-mbf"], "faces": [{"box": [0, 0, 40, 40]}]})
-    runs = {r.name: r for r in sorted((tmp_path / "runs").iterdir())}
-    sface = {"sface": ZooEmbedder("sface")}
-    rows = score_field(tmp_path / "field", runs, sface, jpegs=(0,))
-    got = {r["run"]: r for r in rows}
-    assert got["clean"]["protected"] == 0 and got["clean"]["clean_protected"] == 0
-    assert got["swapped"]["protected"] == 1 and got["swapped"]["missing"] == 0
-    assert got["blank"]["protected"] == 1 and got["blank"]["missing"] == 3
-    assert got["clean"]["face_psnr"] == 99.0 and got["clean"]["face_ssim"] > 0.999  # written = original
-    assert got["swapped"]["face_ssim"] < 0.9  # somebody else's face
-    assert "| swapped | 80 | as written | 100 |" in markdown(rows) and "| 99.0 | 1.000 |" in markdown(rows)
-    assert got["clean"]["people"] == {p: [0, 0] for p in people} and got["swapped"]["people"] == {p: [1, 0] for p in people}
-    assert got["blank"]["people"] == {p: [1, 0] for p in people}  # a face not found counts as protected
-    held = held_out_markdown([got["clean"] | {"surrogates": "arcface-mbf"}, got["swapped"] | {"surrogates": "arcface-mbf"}])
-    assert "| sface | arcface-mbf | 80 | as written | 3 | 0.0 | 0-" in held and "| 0.0 | 90.0 points short (3 people) |" in held
-    assert "| sface | arcface-mbf | 80 | as written | 3 | 100.0 |" in held and "| 0.0 | met |" in held
-    # an attacker's purification is a row of its own, with the clean faces through the same purification
-    pure = {r.get("purify", ""): r for r in score_field(tmp_path / "field", {"clean@80": runs["clean@80"]}, sface, jpegs=(0,), purifications=("", "down:16+bits:1"))}
-    assert pure[""]["people"] == got["clean"]["people"] and pure["down:16+bits:1"]["purify"] == "down:16+bits:1"
-    assert pure["down:16+bits:1"]["clean_protected"] > 0  # it erases the clean faces too: no win for the attacker, and the row says so
-    assert "| clean | 80 | as written, down:16+bits:1 |" in markdown(list(pure.values()))
-    with pytest.raises(ValueError, match="unknown purification"):
-        score_field(tmp_path / "field", runs, sface, jpegs=(0,), purifications=("sharpen:2",))
-
-
-def test_pooled_field_sets_count_each_person_once():
-    """Pooling two field sets sums people, not percentages; a person drawn into both sets counts
-    once (the first set's result); the gap to the goal is given in people, with the interval."""
-    from tipim.evaluation.field import held_out_markdown, pool_rows, wilson_interval
-
-    def row(run, outcomes, psnr):
-        people = {f"p{i}": [o, 0] for i, o in outcomes.items()}
-        k = sum(v[0] for v in people.values())
-        return {"run": run, "surrogates": "arcface-mbf", "model": "facenet", "face_px": 40, "jpeg": 75, "n": len(people),
-                "protected": k / len(people), "clean_protected": 0.0, "face_psnr": psnr, "face_ssim": 0.8, "people": people}
-
-    a = row("a", {i: int(i >= 5) for i in range(40)}, 27.0)  # 35 of 40
-    b = row("b", {i: int(i != 40) for i in range(38, 118)}, 28.0)  # p38, p39 again; 79 of 80 but p40 misses
-    (r,) = pool_rows([[a], [b]])
-    assert r["n"] == 118 and r["run"] == "a+b"
-    assert r["protected"] == (35 + 77) / 118  # p38/p39 kept from a (protected there); b's other 78 add 77
-    assert abs(r["face_psnr"] - (27.0 * 40 + 28.0 * 78) / 118) < 1e-9
-    lo, hi = wilson_interval(112, 118)
-    assert lo < 112 / 118 < hi and 0.88 < lo and hi < 0.98
-    assert all(wilson_interval(n, n)[1] == 1.0 and wilson_interval(0, n)[0] == 0.0 for n in range(1, 60))
-    assert "| 118 | 94.9 |" in held_out_markdown([r]) and "| met |" in held_out_markdown([r])
-    short = held_out_markdown([a])  # 35 of 40 = 87.5: 36 are needed for 90%
-    assert "| 40 | 87.5 |" in short and "2.5 points short (1 person)" in short
-    assert "| met |" in held_out_markdown([row("c", {i: int(i >= 4) for i in range(40)}, 27.0)])  # exactly 36 of 40
-    with pytest.raises(ValueError, match="score it again"):
-        pool_rows([[{k: v for k, v in a.items() if k != "people"}]])
-    with pytest.raises(ValueError, match="one run per set"):  # two runs on the same masks would merge silently
-        pool_rows([[a, row("a2", {i: 1 for i in range(40)}, 27.0)]])
 
 
 @pytest.mark.slow
