@@ -97,6 +97,10 @@ class Plan:
 
 
 def _call(args: list[str], log: Path | None, dry: bool) -> None:
+    """Each step in its own process, not through the Python API: a protect run with several
+    devices starts DDP, whose launcher re-runs the current command line in each new process (here
+    it would re-run the whole reproduction); a process per run also returns each run's memory and
+    lets a failed run stop with its own exit code while finished runs stay (resume by re-running)."""
     line = shlex.join(["tipim", *args])
     print(line, flush=True)
     if dry:
