@@ -570,3 +570,44 @@ def test_batched_down_and_up_resize_is_kornias_per_image_resize(shape):
     assert torch.equal(got[0], x[0]) and not torch.allclose(got[1], x[1])
     (g,) = torch.autograd.grad(got.sum(), x)
     assert g[1].abs().sum() > 0 and torch.equal(g[0], torch.ones_like(g[0]))
+
+
+def test_shift_then_resize_is_kornias_border_warp_then_resize():
+    """``down_up``'s whole-pixel shifts (the posting transform's) are kornia's border-padded
+    translation, row and column each way, and compose with the resize in that order."""
+    import kornia.geometry.transform as KT
+
+    from tipim.attack.transforms import down_up
+
+    x = torch.rand(3, 3, 40, 36, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    shifts = [(2, -3), (-1, 0), (3, 3)]  # (rows, columns)
+    m = torch.eye(2, 3, dtype=torch.float64).repeat(3, 1, 1)
+    m[:, :, 2] = torch.tensor([[dx, dy] for dy, dx in shifts], dtype=torch.float64)
+    shifted = KT.warp_affine(x, m, (40, 36), padding_mode="border", align_corners=True)
+    torch.testing.assert_close(down_up(x, [None] * 3, shifts), shifted, atol=1e-12, rtol=0)
+    want = KT.resize(KT.resize(shifted[:1], (24, 20), antialias=True), (40, 36))
+    torch.testing.assert_close(down_up(x[:1], [(24, 20)], shifts[:1]), want, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(112, 112), (57, 203)])
+def test_jpeg_round_trip_is_kornias_differentiable_codec(shape):
+    """``jpeg_round_trip`` (matrix form) computes kornia's ``jpeg_codec_differentiable``, values
+    and gradients, to float64 rounding: per-image qualities across libjpeg's two scaling
+    regimes, and sizes that need padding to 16. In float32 the two differ by float rounding
+    only (below 1e-5 on [0, 1] pixels)."""
+    from kornia.enhance import jpeg_codec_differentiable
+
+    from tipim.attack.jpeg import jpeg_round_trip
+
+    x = torch.rand(3, 3, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(7), requires_grad=True)
+    quality = torch.tensor([30.0, 55.0, 95.0], dtype=torch.float64)
+    want, got = jpeg_codec_differentiable(x, quality), jpeg_round_trip(x, quality)
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    assert (got - x).abs().mean() > 1e-3  # it does compress
+    (g_want,) = torch.autograd.grad(want.square().sum(), x)
+    (g_got,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(g_got, g_want, atol=1e-9, rtol=1e-9)
+    x32 = x.detach().float()
+    torch.testing.assert_close(jpeg_round_trip(x32, quality.float()), jpeg_codec_differentiable(x32, quality.float()), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="one value per image"):
+        jpeg_round_trip(x32, quality[:2].float())

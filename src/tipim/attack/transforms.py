@@ -12,11 +12,11 @@ import functools
 import math
 
 import kornia.filters
-import kornia.geometry.transform as KT
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tipim.attack.jpeg import jpeg_round_trip, linear_resize_matrix
 from tipim.attack.randomness import PerImageRandom, rng_for, to_device
 
 
@@ -89,7 +89,7 @@ class RandomAffine(nn.Module):
 class PostingTransform(nn.Module):
     """What a photo goes through after it is posted, for expectation over transformation (the
     robust option): per image, a random shift of a few pixels, a random down-and-up resize, and a
-    differentiable JPEG round trip (kornia) at a random quality. ``base`` (e.g. RandomAffine)
+    differentiable JPEG round trip (``jpeg_round_trip``, kornia's codec) at a random quality. ``base`` (e.g. RandomAffine)
     runs first, so the method's own input diversity is kept.
 
     Args:
@@ -121,48 +121,47 @@ class PostingTransform(nn.Module):
         self.blur = (float(blur[0]), float(blur[1]))
 
     def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
-        from kornia.enhance import jpeg_codec_differentiable
-
         rng = rng_for(x, rng)
         if self.base is not None:
             x = self.base(x, rng)
         b, _, h, w = x.shape
         # drawn and turned into sizes on the CPU: no per-face read-back from a GPU
         u = rng.rand(5, dtype=torch.float64, device="cpu")  # shift x, shift y, resize factor, quality, JPEG or not
-        if self.shift > 0:
-            t = to_device(((u[:, :2] * (2 * self.shift + 1)).floor() - self.shift).to(x.dtype), x.device)
-            m = torch.eye(2, 3, device=x.device, dtype=x.dtype).repeat(b, 1, 1)
-            m[:, :, 2] = t
-            x = KT.warp_affine(x, m, (h, w), padding_mode="border", align_corners=True)
+        shift = ((u[:, :2] * (2 * self.shift + 1)).floor() - self.shift).long().tolist() if self.shift > 0 else [[0, 0]] * b
         f = self.scale[0] + (self.scale[1] - self.scale[0]) * u[:, 2]
         side = [(max(8, round(h * v)), max(8, round(w * v))) if v < 0.99 else None for v in f.tolist()]
-        if any(s is not None for s in side):
-            x = down_up(x, side)
+        if any(s is not None for s in side) or any(dx or dy for dx, dy in shift):
+            x = down_up(x, side, [(dy, dx) for dx, dy in shift])
         if self.blur[1] > 0:  # drawn only when on: the default's random streams stay as they were
             sigma = self.blur[0] + (self.blur[1] - self.blur[0]) * rng.rand(1, dtype=torch.float64, device="cpu")[:, 0]
             x = torch.cat([_gaussian_blur(x[i : i + 1], float(s)) for i, s in enumerate(sigma.tolist())])
         q = to_device((self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.dtype), x.device)
-        y = jpeg_codec_differentiable(x.clamp(0, 1), q)
+        y = jpeg_round_trip(x.clamp(0, 1), q)
         keep = to_device(u[:, 4] < self.jpeg_prob, x.device).view(b, 1, 1, 1)
         return torch.where(keep, y, x)
 
 
-def down_up(x: torch.Tensor, sizes: list[tuple[int, int] | None]) -> torch.Tensor:
-    """Each image resized to its own ``sizes[i]`` (h, w) and back, or left alone where ``None``:
-    kornia's ``resize(..., antialias=True)`` down (a Gaussian, then bilinear) and bilinear up, as
-    one pair of batched matrix products instead of two resizes per distinct size, which on a GPU
-    are hundreds of small kernels per step. Equal to the two resizes up to float rounding (tested)."""
+def down_up(x: torch.Tensor, sizes: list[tuple[int, int] | None], shifts: list[tuple[int, int]] | None = None) -> torch.Tensor:
+    """Each image shifted by ``shifts[i]`` whole pixels (rows, columns; border pixels repeated),
+    then resized to its own ``sizes[i]`` (h, w) and back, or left that size where ``None``:
+    kornia's ``resize(..., antialias=True)`` down (a Gaussian, then bilinear) and bilinear up.
+    One pair of batched matrix products instead of a warp and two resizes per distinct size, which
+    on a GPU are hundreds of small kernels per step. Equal to kornia's resizes up to float rounding
+    (tested)."""
     _, _, h, w = x.shape
+    shifts = shifts or [(0, 0)] * len(sizes)
     shrinks = [s is not None and (h / s[0] > 1 or w / s[1] > 1) for s in sizes]  # kornia blurs both axes if either shrinks
-    rows = torch.stack([_axis_matrix(h, s and s[0], a, x.device, x.dtype) for s, a in zip(sizes, shrinks)])
-    cols = torch.stack([_axis_matrix(w, s and s[1], a, x.device, x.dtype) for s, a in zip(sizes, shrinks)])
+    rows = torch.stack([_axis_matrix(h, s and s[0], a, d[0], x.device, x.dtype) for s, a, d in zip(sizes, shrinks, shifts)])
+    cols = torch.stack([_axis_matrix(w, s and s[1], a, d[1], x.device, x.dtype) for s, a, d in zip(sizes, shrinks, shifts)])
     return rows[:, None] @ x @ cols[:, None].transpose(-1, -2)
 
 
 @functools.lru_cache(maxsize=4096)
-def _axis_matrix(n: int, small: int | None, antialias: bool, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """One axis's matrix in the images' device and dtype, made once per size (no copy per step)."""
+def _axis_matrix(n: int, small: int | None, antialias: bool, shift: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """One axis's matrix in the images' device and dtype, made once per size and shift (no copy per step)."""
     m = torch.eye(n, dtype=torch.float64) if small is None else _down_up_matrix(n, small, antialias)
+    if shift:
+        m = m @ torch.eye(n, dtype=torch.float64)[(torch.arange(n) - shift).clamp(0, n - 1)]  # row i reads input i - shift
     return m.to(device, dtype)
 
 
@@ -182,14 +181,7 @@ def _down_up_matrix(n: int, small: int, antialias: bool) -> torch.Tensor:
             cols = torch.arange(n)[:, None] + torch.arange(-r, r + 1)[None]
             cols = torch.where(cols < 0, -cols, torch.where(cols > n - 1, 2 * (n - 1) - cols, cols))  # reflect
             blur = torch.zeros(n, n, dtype=torch.float64).scatter_add_(1, cols, weight.expand(n, -1).contiguous())
-    return _linear(small, n) @ _linear(n, small) @ blur
-
-
-@functools.lru_cache(maxsize=1024)
-def _linear(n_in: int, n_out: int) -> torch.Tensor:
-    """(n_out, n_in): ``F.interpolate``'s 1-D linear resampling (half-pixel centres) as a matrix."""
-    eye = torch.eye(n_in, dtype=torch.float64)[:, None, :]
-    return F.interpolate(eye, size=n_out, mode="linear", align_corners=False)[:, 0, :].T.contiguous()
+    return linear_resize_matrix(small, n) @ linear_resize_matrix(n, small) @ blur
 
 
 def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
