@@ -572,6 +572,18 @@ def test_batched_down_and_up_resize_is_kornias_per_image_resize(shape):
     assert g[1].abs().sum() > 0 and torch.equal(g[0], torch.ones_like(g[0]))
 
 
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-14), (torch.float32, 1e-6)])
+def test_affine_grid_is_torchs(dtype, tol):
+    """The warps' sampling grid, built by broadcasting, is ``F.affine_grid``'s (align_corners
+    False) for square and oblong images, to float rounding."""
+    from tipim.attack.transforms import affine_grid
+
+    theta = torch.randn(4, 2, 3, dtype=dtype, generator=torch.Generator().manual_seed(2)).to(dtype)
+    for h, w in [(112, 112), (37, 50)]:
+        want = F.affine_grid(theta, [4, 3, h, w], align_corners=False)
+        torch.testing.assert_close(affine_grid(theta, h, w), want, atol=tol, rtol=0)
+
 def test_shift_then_resize_is_kornias_border_warp_then_resize():
     """``down_up``'s whole-pixel shifts (the posting transform's) are kornia's border-padded
     translation, row and column each way, and compose with the resize in that order."""
