@@ -41,6 +41,40 @@ def test_self_check_tells_a_recognised_face_from_a_changed_one():
     assert describe(same + changed + gone, ["sface"]) == "independent check (sface): 2/3 faces recognised by none of 1 models, 1 by 1"
 
 
+
+def test_self_check_pairs_each_face_found_again_with_its_own_original():
+    """Two people in one photo, checked in one batch per model: each face found again is compared
+    with its own unprotected face, also when the face before it is not found."""
+    need_model("mtcnn")
+    need_model("sface")
+    from tipim.align.aligner import FaceAligner
+    from tipim.align.paste import crop_faces
+    from tipim.evaluation.selfcheck import IndependentCheck
+    from tipim.files import load_rgb
+    from tipim.zoo.registry import artifact_path
+
+    team = load_rgb(artifact_path("demo-gdp"))
+    stranger, _ = FaceAligner(multi="largest").faces(team)
+    x0, y0, x1, y1 = (int(v) for v in stranger[0].box)
+    pad = (x1 - x0) // 2
+    other = np.asarray(Image.fromarray(team[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad]).resize((256, 256)))
+    photo = np.concatenate([np.array(astronaut(256)), other], axis=1)
+    faces, _ = FaceAligner(multi="all").faces(photo)
+    faces = sorted(faces, key=lambda f: f.box[0])
+    assert len(faces) == 2
+    clean = (crop_faces(photo, torch.tensor([f.matrix for f in faces])) * 255).round().to(torch.uint8)
+    boxes = [f.box for f in faces]
+    check = IndependentCheck(["sface"])
+    both = check(photo.copy(), clean, boxes)
+    assert [f["recognised_by"] for f in both] == [["sface"], ["sface"]]
+    crossed = check(photo.copy(), clean.flip(0), boxes)  # each face against the other person
+    assert [f["recognised_by"] for f in crossed] == [[], []]
+    first_gone = photo.copy()
+    first_gone[:, :256] = 128
+    second = check(first_gone, clean, boxes)
+    assert not second[0]["found"] and second[1]["recognised_by"] == ["sface"]
+    assert abs(second[1]["models"]["sface"]["cos"] - both[1]["models"]["sface"]["cos"]) < 1e-3
+
 def test_field_benchmark_scores_clean_swapped_and_missing_faces(lfw, tmp_path):
     """The benchmark's scoring on a tiny set: a run that writes the clean photos is not
     protected, one that writes somebody else's photo is, one with no face counts as missing."""

@@ -63,18 +63,23 @@ class IndependentCheck:
         their detection boxes): ``found`` in the written photo, and per model the cosine
         similarity and whether it is still ``recognised``."""
         faces, _ = self.aligner.faces(written)
-        clean = self._embed(original_crops)
-        out = []
-        for j, box in enumerate(boxes):
-            match = max(faces, key=lambda f: _iou(f.box, box), default=None)
-            if match is None or _iou(match.box, box) < 0.3:
+        matches = [max(faces, key=lambda f: _iou(f.box, box), default=None) for box in boxes]
+        found = [m is not None and _iou(m.box, box) >= 0.3 for m, box in zip(matches, boxes)]
+        seen_crops = [torch.from_numpy(m.crop).permute(2, 0, 1) for m, ok in zip(matches, found) if ok]
+        # one batch per model: the unprotected faces, then the faces found again
+        both = self._embed(torch.cat([original_crops, torch.stack(seen_crops)]) if seen_crops else original_crops)
+        clean = {m: e[: len(boxes)] for m, e in both.items()}
+        seen = {m: e[len(boxes) :] for m, e in both.items()}
+        out, k = [], 0
+        for j, ok in enumerate(found):
+            if not ok:
                 out.append({"found": False, "recognised_by": [], "models": {}})
                 continue
-            seen = self._embed(torch.from_numpy(match.crop).permute(2, 0, 1)[None])
             per = {}
             for m in self.names:
-                cos = float((seen[m][0] * clean[m][j]).sum())
+                cos = float((seen[m][k] * clean[m][j]).sum())
                 per[m] = {"cos": round(cos, 4), "recognised": cos > self.thresholds[m]}
+            k += 1
             out.append({"found": True, "recognised_by": [m for m in self.names if per[m]["recognised"]], "models": per})
         return out
 
