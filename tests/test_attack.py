@@ -247,7 +247,7 @@ def test_greedy_insertion_picks_the_brute_force_target(setup):
     t_emb = att.embed_targets(targets)
     r = att(x_r, t_emb)
     want_idx, want_x = _brute_force_greedy_step(att, x_r, t_emb)
-    assert torch.equal(r.chosen, want_idx)
+    assert torch.equal(r.last_followed, want_idx)
     assert same_image(r.x_p, want_x)
 
 
@@ -259,7 +259,7 @@ def test_choosing_inside_a_batch_equals_image_by_image(setup, selector):
     batch = att(x_r, t_emb)
     for b in range(len(x_r)):
         one = att(x_r[b : b + 1], t_emb)
-        assert torch.equal(one.chosen, batch.chosen[b : b + 1])
+        assert torch.equal(one.last_followed, batch.last_followed[b : b + 1])
         assert same_image(one.x_p, batch.x_p[b : b + 1])
 
 
@@ -411,7 +411,7 @@ def test_batch_size_changes_no_face(setup, transform, dropout):
     one = att(x_r, t_emb, rng=PerImageRandom(seeds))
     two = [att(x_r[i : i + 4], t_emb, rng=PerImageRandom(seeds[i : i + 4])) for i in (0, 4)]
     assert torch.equal(one.x_p, torch.cat([r.x_p for r in two]))
-    assert torch.equal(one.chosen, torch.cat([r.chosen for r in two]))
+    assert torch.equal(one.last_followed, torch.cat([r.last_followed for r in two]))
     other = att(x_r, t_emb, rng=PerImageRandom([s + 1 for s in seeds]))
     assert not torch.equal(one.x_p, other.x_p)  # the streams do matter
 
@@ -434,7 +434,7 @@ def test_greedy_shortlist_makes_the_papers_choice_whenever_it_is_on_the_list(set
     assert torch.equal(short.choice_rank[0], exact.choice_rank[0])
     on_list = (exact.choice_rank[1:] == 0).all(0)  # every later choice of this face was its nearest target
     assert on_list.any() and not on_list.all()  # both cases occur on these faces
-    assert torch.equal(short.x_p[on_list], exact.x_p[on_list]) and torch.equal(short.chosen[on_list], exact.chosen[on_list])
+    assert torch.equal(short.x_p[on_list], exact.x_p[on_list]) and torch.equal(short.last_followed[on_list], exact.last_followed[on_list])
     assert torch.equal(run(k).x_p, exact.x_p)  # m >= K: the paper
     with pytest.raises(ValueError, match="shortlist"):
         GreedyInsertion(shortlist=-1)
@@ -451,7 +451,7 @@ def test_greedy_confirm_makes_the_papers_choice_whenever_the_estimate_ranks_it_a
         cheap = run(m)
         same = (exact.estimate_rank < m).all(0)  # every choice of this face was among the estimate's m best
         assert same.any()
-        assert torch.equal(cheap.x_p[same], exact.x_p[same]) and torch.equal(cheap.chosen[same], exact.chosen[same])
+        assert torch.equal(cheap.x_p[same], exact.x_p[same]) and torch.equal(cheap.last_followed[same], exact.last_followed[same])
         assert (cheap.estimate_rank < m).all()  # it can only choose among those it confirmed
     assert torch.equal(run(k).x_p, exact.x_p)
     with pytest.raises(ValueError, match="confirm"):
@@ -541,7 +541,7 @@ def test_a_compiled_surrogate_runs_the_same_attack(setup):
     torch.manual_seed(0)
     got = compiled(x_r, t_emb)
     assert graphs, "the compiled network was never called"
-    assert same_image(got.x_p, want.x_p) and torch.equal(got.chosen, want.chosen)
+    assert same_image(got.x_p, want.x_p) and torch.equal(got.last_followed, want.last_followed)
     assert [k for k, _ in compiled.named_parameters()] == [k for k, _ in eager.named_parameters()]
     with pytest.raises(ValueError, match="compile and feature_dropout cannot be combined"):
         IdentityMaskAttack(net, compile=True, feature_dropout=0.1)

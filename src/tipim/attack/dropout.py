@@ -24,7 +24,7 @@ class FeatureDropout:
         p: share of each convolution's outputs set to zero (the rest scaled by ``1/(1-p)``).
 
     Each face's drop masks come from its own random stream, so a face's mask does not depend on
-    the faces batched with it (issue 12). Hooks do nothing outside ``active``.
+    the faces batched with it. Hooks do nothing outside ``active``.
     """
 
     def __init__(self, p: float = 0.1):

@@ -32,7 +32,7 @@ from tipim.attack.steps import MomentumStep, project
 class AttackResult:
     x_p: torch.Tensor  # (B, C, H, W) in [0, 1], inside the eps-ball
     target: torch.Tensor  # (B,) index of the nearest target after the attack
-    chosen: torch.Tensor  # (B,) target the last step followed
+    last_followed: torch.Tensor  # (B,) target the last step followed
     changes: torch.Tensor  # (B,) how often the followed target changed
     d_r: torch.Tensor  # (B,) D(x_p, x_r) under the surrogate
     d_t: torch.Tensor  # (B,) D(x_p, nearest target); surrogate_success(d_t, d_r) is the success test

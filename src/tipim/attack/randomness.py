@@ -1,6 +1,6 @@
 """One random stream per image, so that what an image draws (its random start, input diversity,
 posting transform, MMD views) does not depend on which images share its batch: batch 8 or 512,
-1 or N processes, the same face gets the same mask (issue 12)."""
+1 or N processes, the same face gets the same mask."""
 
 from __future__ import annotations
 

@@ -28,9 +28,9 @@ def quantise_within(x: torch.Tensor, x_r: torch.Tensor, eps: float) -> torch.Ten
     integers, so the bound written to disk is exact.
     """
     r8 = (x_r * 255.0).round()
-    e8 = float(int(eps * 255.0 + 1e-6))
+    levels = float(int(eps * 255.0 + 1e-6))
     q = (x * 255.0).round()
-    q = torch.minimum(torch.maximum(q, r8 - e8), r8 + e8).clamp(0, 255)
+    q = torch.minimum(torch.maximum(q, r8 - levels), r8 + levels).clamp(0, 255)
     return q.to(torch.uint8)
 
 

@@ -109,7 +109,7 @@ class PostingTransform(nn.Module):
         scale: range of the down-scale factor before resizing back (1 = no resize).
         shift: largest shift in pixels (each axis).
         blur: range of a Gaussian blur's sigma in crop pixels, drawn per image after the resize
-            (an attacker's smoothing, issue 24); (0, 0) = off, and then nothing else is drawn.
+            (an attacker's smoothing, see tipim.evaluation.purify); (0, 0) = off, and then nothing else is drawn.
     """
 
     def __init__(
@@ -141,7 +141,7 @@ class PostingTransform(nn.Module):
         side = [(max(8, round(h * v)), max(8, round(w * v))) if v < 0.99 else None for v in f.tolist()]
         if any(s is not None for s in side) or any(dx or dy for dx, dy in shift):
             x = down_up(x, side, [(dy, dx) for dx, dy in shift])
-        if self.blur[1] > 0:  # drawn only when on: the default's random streams stay as they were
+        if self.blur[1] > 0:  # drawn only when on, so that with blur off the other draws are what they are without it
             sigma = self.blur[0] + (self.blur[1] - self.blur[0]) * rng.rand(1, dtype=torch.float64, device="cpu")[:, 0]
             x = torch.cat([_gaussian_blur(x[i : i + 1], float(s)) for i, s in enumerate(sigma.tolist())])
         q = to_device((self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.dtype), x.device)

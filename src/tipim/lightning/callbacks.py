@@ -39,7 +39,7 @@ class ProtectedImageWriter(ManifestWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         k = 0
-        eps = pl_module.eps_8bit
+        eps = pl_module.eps_levels
         for i, face_id in enumerate(prediction["id"]):
             rec = {
                 "id": face_id,
@@ -68,7 +68,7 @@ class ProtectedImageWriter(ManifestWriter):
                 rec |= {
                     "output": str(out.relative_to(self.output_dir)),
                     "target": prediction["target"][j],
-                    "last_followed": prediction["chosen"][j],
+                    "last_followed": prediction["last_followed"][j],
                     "target_changes": int(prediction["changes"][j]),
                     # greedy steps by the chosen target's place in nearness to the face (0 = nearest)
                     **({"greedy_places": torch.bincount(prediction["choice_rank"][j]).tolist()} if prediction["choice_rank"].shape[1] else {}),

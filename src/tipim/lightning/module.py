@@ -118,11 +118,11 @@ class ProtectionModule(L.LightningModule):
             raise ValueError("model.norm l2 needs model.eps_l2, the L2 radius in [0, 1] pixel units (e.g. --model.eps_l2 0.5)")
         if norm == "linf" and eps_l2 is not None:
             raise ValueError("model.eps_l2 is the radius for model.norm l2; the L-inf bound is model.eps_levels (8-bit levels)")
-        eps_unit = eps_levels / 255.0 if norm == "linf" else eps_l2
-        self.eps_8bit = eps_levels if norm == "linf" else None
+        eps = eps_levels / 255.0 if norm == "linf" else eps_l2  # in [0, 1] pixel units, as the attack steps
+        self.eps_levels = eps_levels if norm == "linf" else None  # the bound the written files keep
         self.attack = IdentityMaskAttack(
             surrogate,
-            MomentumStep(eps_unit, steps, step_size, momentum, norm, grad_smoothing),
+            MomentumStep(eps, steps, step_size, momentum, norm, grad_smoothing),
             selector or GreedyInsertion(),
             Naturalness(gamma, mmd_views, group=mmd_group) if gamma > 0 else None,
             transform,
@@ -194,7 +194,7 @@ class ProtectionModule(L.LightningModule):
             # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding
             x_p=self._quantise(r.x_p, x_r).cpu(),
             target=[self.target_names[i] for i in r.target.tolist()],
-            chosen=[self.target_names[i] for i in r.chosen.tolist()],
+            last_followed=[self.target_names[i] for i in r.last_followed.tolist()],
             changes=r.changes.cpu(),
             choice_rank=r.choice_rank.T.cpu(),
             d_r=r.d_r.cpu(),
@@ -210,7 +210,7 @@ class ProtectionModule(L.LightningModule):
             return self.attack(x_r, self.target_embeddings, view=view, rng=rng, groups=groups)
 
     def _quantise(self, x_p: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
-        return quantise_within(x_p, x_r, self.attack.step.eps if self.eps_8bit else 1.0)
+        return quantise_within(x_p, x_r, self.attack.step.eps if self.eps_levels else 1.0)
 
     def _protect_photo_faces(self, batch: dict) -> dict:
         """The faces of a batch of photos, attacked in buckets of similar size (``size_buckets``),
@@ -239,7 +239,7 @@ class ProtectionModule(L.LightningModule):
             x_p8, x_r8 = self._quantise(r.x_p, x_r).cpu(), (x_r * 255).round().to(torch.uint8).cpu()
             for j, i in enumerate(idx):
                 hh, ww = int(sizes[i, 0]), int(sizes[i, 1])
-                faces[i] = {"x_r": x_r8[j, :, :hh, :ww], "x_p": x_p8[j, :, :hh, :ww], "target": int(r.target[j]), "chosen": int(r.chosen[j]),
+                faces[i] = {"x_r": x_r8[j, :, :hh, :ww], "x_p": x_p8[j, :, :hh, :ww], "target": int(r.target[j]), "last_followed": int(r.last_followed[j]),
                             "changes": r.changes[j].cpu(), "d_r": r.d_r[j].cpu(), "d_t": r.d_t[j].cpu(), "rank": r.choice_rank[:, j].cpu(),
                             "mask": (r.x_p[j, :, :hh, :ww] - x_r[j, :, :hh, :ww]).cpu() if grids[i] > 1 else None}
             losses.append((r.loss, len(idx)))
@@ -251,7 +251,7 @@ class ProtectionModule(L.LightningModule):
             mask=[f["mask"] for f in faces],
             grids=list(grids),
             target=[self.target_names[f["target"]] for f in faces],
-            chosen=[self.target_names[f["chosen"]] for f in faces],
+            last_followed=[self.target_names[f["last_followed"]] for f in faces],
             changes=torch.stack([f["changes"] for f in faces]),
             choice_rank=torch.stack([f["rank"] for f in faces]),
             d_r=torch.stack([f["d_r"] for f in faces]),

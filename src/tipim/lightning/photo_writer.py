@@ -54,7 +54,7 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
-        eps = int(pl_module.eps_8bit) if pl_module.eps_8bit is not None else None
+        eps = int(pl_module.eps_levels) if pl_module.eps_levels is not None else None
         k = 0
         for photo in prediction["photos"]:
             n = photo["faces"]
