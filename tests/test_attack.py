@@ -1,5 +1,7 @@
 """The attack's parts, each against a direct computation, on a tiny random network."""
 
+import threading
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -498,6 +500,11 @@ def test_feature_dropout_drops_a_share_of_conv_outputs_only_while_active(setup):
     assert 0.2 < zeros < 0.3 and not torch.allclose(noisy, clean)
     with drop.active(PerImageRandom(range(len(x_r)))):
         assert torch.equal(net(x_r), noisy)  # the faces' own streams decide the masks
+        other = []  # another thread (the photo writer's) embeds with the same network meanwhile
+        worker = threading.Thread(target=lambda: other.append(net(x_r)))
+        worker.start()
+        worker.join()
+        assert torch.equal(other[0], clean)
     with pytest.raises(ValueError, match="random streams"), drop.active(PerImageRandom(range(2))):
         net(x_r)
     with pytest.raises(ValueError, match="no nn.Conv2d"):

@@ -317,6 +317,48 @@ def test_photos_per_batch_change_no_pixel(tmp_path):
         assert np.abs(one.astype(int) - np.asarray(Image.open(src / f"{name}.png").convert("RGB")).astype(int)).max() > 0
 
 
+def test_a_run_stopped_by_an_error_keeps_the_photos_written_while_it_attacked(tmp_path, monkeypatch):
+    """Photos are written in a thread while the next batch is attacked; when a later batch fails,
+    the run stops only after the batch in flight is written and logged."""
+    need_model("mtcnn")
+    need_model("arcface-mbf")
+    import threading
+
+    from tipim.lightning.cli import build_protect
+    from tipim.lightning.photo_writer import ProtectedPhotoWriter
+
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a", "b", "c"):
+        astronaut(250).save(src / f"{name}.png")
+    cli = build_protect([str(src), "--out", str(tmp_path / "out"), "--check", "none", "--model.steps", "1",
+                         "--data.batch_size", "1", "--trainer.accelerator", "cpu"])
+    step, threads, failed = cli.model.predict_step, [], threading.Event()
+
+    def failing_third(batch, batch_idx):
+        if batch_idx == 2:
+            failed.set()
+            raise RuntimeError("stopped")
+        return step(batch, batch_idx)
+
+    write = ProtectedPhotoWriter._write_batch
+
+    def write_b_after_the_failure(self, trainer, module, prediction):
+        threads.append(threading.current_thread().name)
+        if prediction["id"] == ["b#0"]:
+            assert failed.wait(120)  # still in flight when the third batch fails
+        write(self, trainer, module, prediction)
+
+    monkeypatch.setattr(ProtectedPhotoWriter, "_write_batch", write_b_after_the_failure)
+    monkeypatch.setattr(cli.model, "predict_step", failing_third)
+    with pytest.raises(RuntimeError, match="stopped"):
+        cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
+    rows = [json.loads(x) for x in (tmp_path / "out" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["id"], r["status"]) for r in rows] == [("a", "ok"), ("b", "ok")]
+    assert all((tmp_path / "out" / r["output"]).is_file() for r in rows)
+    assert threads and all(t.startswith("tipim-write") for t in threads)
+
+
 def test_presets_are_tipim_as_the_method_config_defines_it():
     """The photo presets (package YAML, so ``pip install .`` has them) differ from
     configs/method/tipim.yaml only in budget, surrogates and the greedy shortlist; --goal and

@@ -8,6 +8,7 @@ clean surrogate still scores the greedy candidates and the result.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,15 +25,20 @@ class FeatureDropout:
         p: share of each convolution's outputs set to zero (the rest scaled by ``1/(1-p)``).
 
     Each face's drop masks come from its own random stream, so a face's mask does not depend on
-    the faces batched with it. Hooks do nothing outside ``active``.
+    the faces batched with it. Hooks do nothing outside ``active``, which holds for the thread
+    that entered it only: the photo writer's thread embeds with the same surrogate meanwhile.
     """
 
     def __init__(self, p: float = 0.1):
         if not 0.0 <= p < 1.0:
             raise ValueError(f"feature dropout p must be in [0, 1), got {p}")
         self.p = p
-        self._rng: PerImageRandom | None = None
+        self._state = threading.local()
         self.layers = 0
+
+    @property
+    def _rng(self) -> PerImageRandom | None:
+        return getattr(self._state, "rng", None)
 
     def attach(self, surrogate: nn.Module) -> FeatureDropout:
         convs = [m for m in surrogate.modules() if isinstance(m, nn.Conv2d)]
@@ -53,11 +59,11 @@ class FeatureDropout:
 
     @contextmanager
     def active(self, rng: PerImageRandom) -> Iterator[None]:
-        self._rng = rng
+        self._state.rng = rng
         try:
             yield
         finally:
-            self._rng = None
+            self._state.rng = None
 
 
 __all__ = ["FeatureDropout"]

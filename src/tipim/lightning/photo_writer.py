@@ -45,7 +45,11 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.progress = progress  # a RunProgress over photos: advanced as each photo is written
         self.output_format, self.quality, self.keep_metadata, self.check = output_format, quality, keep_metadata, check
         self.checker = None
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tipim-write")
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tipim-encode")
+        # a batch's photos are written by one thread while the next batch is attacked; one batch
+        # in flight at a time, so memory holds at most two batches of photos
+        self.writer = ThreadPoolExecutor(1, thread_name_prefix="tipim-write")
+        self.pending = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
         from tipim.evaluation.selfcheck import IndependentCheck, independent_models
@@ -54,6 +58,26 @@ class ProtectedPhotoWriter(ManifestWriter):
         self.checker = IndependentCheck(names, pl_module.device) if names else None
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
+        self.wait()
+        self.pending = self.writer.submit(self._write_batch, trainer, pl_module, prediction)
+
+    def wait(self) -> None:
+        """Until the batch being written is written (an unexpected error there is raised here)."""
+        pending, self.pending = self.pending, None
+        if pending is not None:
+            pending.result()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.wait()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        try:  # keep what is finished: its photos are written and logged before the run stops
+            self.wait()
+        except Exception as e:
+            say(f"while stopping: {type(e).__name__}: {e}", "not written")
+
+    @torch.no_grad()
+    def _write_batch(self, trainer, pl_module, prediction: dict) -> None:
         eps = int(pl_module.eps_levels) if pl_module.eps_levels is not None else None
         k = 0
         for photo in prediction["photos"]:
