@@ -104,6 +104,10 @@ def test_naturalness_is_the_mmd_of_each_faces_group():
     got = nat(x_p, x_r, labels=labels)
     assert torch.allclose(got[[1, 3, 4]], 2.0 * mmd(x_p[[1, 3, 4]].flatten(1), x_r[[1, 3, 4]].flatten(1)).expand(3), atol=1e-6)
     assert torch.allclose(got[[0, 2, 5]], 2.0 * mmd(x_p[[0, 2, 5]].flatten(1), x_r[[0, 2, 5]].flatten(1)).expand(3), atol=1e-6)
+    plan = nat.groups(7, labels)  # made once before the steps: the same terms
+    streams = lambda: PerImageRandom(range(7))  # noqa: E731  (the group of one draws its views)
+    assert [n for n, _, _ in plan] == [1, 3]
+    assert torch.equal(nat(x_p, x_r, streams(), groups=plan), nat(x_p, x_r, streams(), labels=labels))
     with pytest.raises(ValueError, match="group"):
         Naturalness(group=0)
 

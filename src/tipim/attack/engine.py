@@ -212,6 +212,8 @@ class IdentityMaskAttack(nn.Module):
             x = project(x + (rng.rand(*x.shape[1:], dtype=x.dtype) * 2 - 1) * self.step.eps, x_r, self.step.eps, self.step.norm)
         g = torch.zeros_like(x)
         rows = torch.arange(len(x), device=x.device)
+        natural_on = self.naturalness is not None and self.naturalness.gamma > 0
+        mmd_groups = self.naturalness.groups(len(x), groups, x.device) if natural_on else None
         history, ranks, estimate_ranks = [], [], []
         e_now = None if self.random_start else n_r  # the surrogate's embedding of the current x, when known
         with torch.enable_grad():
@@ -222,7 +224,7 @@ class IdentityMaskAttack(nn.Module):
                 with self.dropout.active(rng) if self.dropout is not None else nullcontext():
                     parts = self.embed_parts(seen) if self.balance is not None else None
                     n = torch.cat(parts, -1) if parts is not None else self.embed(seen)
-                natural = self.naturalness(crop, crop_r, rng, groups) if self.naturalness is not None and self.naturalness.gamma > 0 else None
+                natural = self.naturalness(crop, crop_r, rng, groups=mmd_groups) if natural_on else None
                 if self.selector.evaluates_candidates(t):
                     natural_grad = torch.autograd.grad(natural.sum(), x, retain_graph=True)[0] if natural is not None else 0.0
                     with torch.no_grad():  # the face now (untransformed) orders the targets to try

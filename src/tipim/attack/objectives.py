@@ -116,8 +116,21 @@ class Naturalness(nn.Module):
         r = affine_warp(x_r.repeat_interleave(v, dim=0), angle, shift, scale)
         return p.reshape(b, v, -1), r.reshape(b, v, -1)
 
-    def forward(self, x_p: torch.Tensor, x_r: torch.Tensor, rng=None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) each face's ``gamma * MMD`` of its group (``labels``: group id per face)."""
+    def groups(self, b: int, labels: torch.Tensor | None = None, device: torch.device | str = "cpu") -> list[tuple[int, torch.Tensor, list[int]]]:
+        """The faces' groups, one entry per group size ``n``: ``(n, idx, idx_list)``, idx (groups, n)
+        on ``device`` the faces of each group. Made once per batch (``IdentityMaskAttack`` does,
+        before its steps), so the step loop never waits for the device to read the labels."""
+        labels = torch.arange(b) // self.group if labels is None else labels.cpu()
+        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+        size = counts[inverse]  # each face's group size
+        order = torch.argsort(inverse, stable=True)
+        plan = [(n, order[size[order] == n].view(-1, n)) for n in sorted(set(size.tolist()))]
+        return [(n, idx.to(device), idx.flatten().tolist()) for n, idx in plan]
+
+    def forward(self, x_p: torch.Tensor, x_r: torch.Tensor, rng=None, labels: torch.Tensor | None = None,
+                groups: list[tuple[int, torch.Tensor, list[int]]] | None = None) -> torch.Tensor:
+        """(B,) each face's ``gamma * MMD`` of its group (``labels``: group id per face, or
+        ``groups`` made by ``groups``)."""
         from tipim.attack.randomness import rng_for
 
         b = x_p.shape[0]
@@ -127,16 +140,10 @@ class Naturalness(nn.Module):
         if self.views > 0:
             p, r = self._views(x_p, x_r, self.views, rng_for(x_p, rng))
             return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num)
-        if labels is None:
-            labels = torch.arange(b, device=x_p.device) // self.group
-        _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-        size = counts[inverse]  # each face's group size
-        order = torch.argsort(inverse, stable=True)
-        for n in sorted(set(size.tolist())):  # groups of one size are computed together
-            idx = order[size[order] == n].view(-1, n)
+        for n, idx, members in groups if groups is not None else self.groups(b, labels, x_p.device):  # groups of one size are computed together
             if n == 1:
                 one = idx[:, 0]
-                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng_for(x_p, rng).subset(one.tolist()))
+                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng_for(x_p, rng).subset(members))
                 out = out.index_put((one,), self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num))
                 continue
             term = mmd(x_p[idx].flatten(2), x_r[idx].flatten(2), self.kernel_mul, self.kernel_num)  # (groups,)
