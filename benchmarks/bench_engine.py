@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, gain, identity_distance, relative_identity_loss
+from tipim.attack import GreedyInsertion, IdentityMaskAttack, MomentumStep, Objective, gain, identity_distance, relative_identity_loss
 from tipim.models import ZooEmbedder
 
 
@@ -56,9 +56,13 @@ def reference_attack(model, x_r, t_emb, steps, eps=12 / 255, alpha=1.5 / 255, mu
 class SeparateForwards(IdentityMaskAttack):
     """Ablation: the engine with one forward+backward per target instead of one shared forward."""
 
-    def _identity_grads(self, x, n, n_r, t_emb, which):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.objective.identity_grads = self._per_target_grads  # the objective's all-target gradients, replaced
+
+    def _per_target_grads(self, x, n, n_r, t_emb, which, parts=None):
         if which is not None:
-            return super()._identity_grads(x, n, n_r, t_emb, which)
+            return Objective.identity_grads(self.objective, x, n, n_r, t_emb, which, parts)
         grads = []
         for k in range(len(t_emb)):
             xk = x.detach().requires_grad_(True)

@@ -23,5 +23,6 @@ def method_attack(surrogate, method: str = "tipim", *options: str, **engine):
     _quiet()
     a = build_protect(["--config", str(CONFIGS / "protect.yaml"), "--config", str(CONFIGS / "method" / f"{method}.yaml"),
                        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--model.surrogates", STAND_IN, *options]).model.attack
-    return IdentityMaskAttack(surrogate, a.step, a.selector, a.naturalness, a.transform, a.metric, a.random_start, a.grad_mode,
-                              away=a.away, feature_dropout=a.dropout.p if a.dropout is not None else 0.0, **engine)
+    o = a.objective
+    return IdentityMaskAttack(surrogate, a.step, a.selector, o.naturalness, a.transform, a.metric, a.random_start, o.grad_mode,
+                              away=o.away, feature_dropout=a.dropout.p if a.dropout is not None else 0.0, **engine)

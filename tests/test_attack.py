@@ -190,7 +190,7 @@ def test_all_target_gradients_equal_per_target_autograd(setup, mode, away):
     n_r = att.embed(x_r)
     x = (x_r + 0.02 * torch.randn_like(x_r)).requires_grad_(True)
     n = att.embed(x)
-    got = att._identity_grads(x, n, n_r, t_emb, None)
+    got = att.objective.identity_grads(x, n, n_r, t_emb, None)
     for k in range(len(targets)):
         xk = x.detach().requires_grad_(True)
         e = att.embed(xk)
@@ -214,12 +214,12 @@ def test_one_pass_step_gradient_is_identity_plus_naturalness(setup, with_transfo
     def pieces(seed):
         x = (x_r + 0.02 * torch.randn(x_r.shape, generator=torch.Generator().manual_seed(seed))).requires_grad_(True)
         xin = transform(x, PerImageRandom(torch.arange(4))) if transform is not None else x
-        return x, att.embed(xin), att.naturalness(x, x_r)
+        return x, att.embed(xin), att.objective.naturalness(x, x_r)
 
     x, n, nat = pieces(5)
-    got = att._step_grad(x, n, n_r, t_emb, which, None, nat)
+    got = att.objective.gradient(x, n, n_r, t_emb, which, None, nat)
     x, n, nat = pieces(5)
-    identity = att._identity_grads(x, n, n_r, t_emb, which)
+    identity = att.objective.identity_grads(x, n, n_r, t_emb, which)
     natural = torch.autograd.grad(nat.sum(), x)[0]
     torch.testing.assert_close(got, identity + natural, atol=1e-6, rtol=1e-5)
     assert identity.abs().sum() > 0 and natural.abs().sum() > 0 and not torch.allclose(got, identity, atol=1e-6)
@@ -363,8 +363,8 @@ def test_unbalanced_member_gradients_sum_to_the_ensemble_gradient(setup, which):
     n = plain.embed(x)
     parts = split.embed_parts(x)
     sel = None if which == "all" else torch.tensor([0, 3, 1, 4])
-    a = plain._identity_grads(x, n, n_r, t_emb, sel)
-    b = split._identity_grads(x, torch.cat(parts, -1), n_r, t_emb, sel, parts)
+    a = plain.objective.identity_grads(x, n, n_r, t_emb, sel)
+    b = split.objective.identity_grads(x, torch.cat(parts, -1), n_r, t_emb, sel, parts)
     assert a.shape == b.shape
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)
 

@@ -156,7 +156,7 @@ def test_a_runs_saved_config_builds_the_same_run_again(photo_run):
 
     again = build_protect(["--config", str(photo_run["out"] / "config.yaml")])
     a = again.model.attack
-    assert again.model.method == "tipim-fast" and again.model.steps == 3 and a.away == 4.0
+    assert again.model.method == "tipim-fast" and again.model.steps == 3 and a.objective.away == 4.0
     assert type(a.transform).__name__ == "PostingTransform" and a.selector.every == 5
     assert again.datamodule.photos == [str(photo_run["in"])] and again.model.output_dir == str(photo_run["out"])
 
@@ -376,12 +376,12 @@ def test_presets_are_tipim_as_the_method_config_defines_it():
         assert set(model) <= {"momentum", "gamma", "steps", "surrogates", "selector"}, name  # nothing else sneaks in
         run = build_protect(["me.jpg", "--preset", name, "--model.steps", "3"])
         assert run.model.steps == 3 and run.model.surrogate_names == model["surrogates"]  # the user's flags win
-        assert run.model.method == f"tipim-{name}" and run.model.attack.away == 4.0  # --goal hide (default)
+        assert run.model.method == f"tipim-{name}" and run.model.attack.objective.away == 4.0  # --goal hide (default)
         assert type(run.model.attack.transform).__name__ == "PostingTransform"  # --robust (default)
         target = build_protect(["me.jpg", "--preset", name, "--goal", "target", "--no-robust"])
-        assert target.model.attack.away == 1.0 and target.model.method == f"tipim-{name}-plain-target"
+        assert target.model.attack.objective.away == 1.0 and target.model.method == f"tipim-{name}-plain-target"
         assert type(target.model.attack.transform).__name__ == "RandomAffine" and target.model.steps == model["steps"]
-    assert build_protect(["me.jpg", "--goal", "target", "--model.away", "2"]).model.attack.away == 2.0
+    assert build_protect(["me.jpg", "--goal", "target", "--model.away", "2"]).model.attack.objective.away == 2.0
 
 
 def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_which(tmp_path):
@@ -391,8 +391,8 @@ def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_wh
 
     faces = build_protect(["--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml", "--out", str(tmp_path / "m")])
     assert type(faces.datamodule).__name__ == "ProtectDataModule" and faces.model.output_dir == str(tmp_path / "m")
-    assert faces.model.method == "mim" and faces.model.attack.away == 1.0 and faces.model.attack.transform is None
-    assert build_protect(["--config", "configs/protect.yaml"]).model.attack.away == 1.0  # the paper's weighting
+    assert faces.model.method == "mim" and faces.model.attack.objective.away == 1.0 and faces.model.attack.transform is None
+    assert build_protect(["--config", "configs/protect.yaml"]).model.attack.objective.away == 1.0  # the paper's weighting
     photos = build_protect(["a.jpg", "b/", "--out", str(tmp_path / "p"), "--format", "jpeg", "--data.batch_size", "2"])
     assert photos.datamodule.photos == ["a.jpg", "b/"] and photos.datamodule.output_format == "jpeg"
     assert photos.datamodule.batch_size == 2 and photos.model.output_dir == str(tmp_path / "p")

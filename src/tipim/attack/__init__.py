@@ -5,6 +5,7 @@ from tipim.attack.dropout import FeatureDropout
 from tipim.attack.engine import AttackResult, IdentityMaskAttack
 from tipim.attack.objectives import (
     Naturalness,
+    Objective,
     gain,
     gaussian_kernel,
     identity_distance,
@@ -14,7 +15,7 @@ from tipim.attack.objectives import (
     surrogate_success,
 )
 from tipim.attack.randomness import PerImageRandom
-from tipim.attack.selection import FixedTarget, GreedyInsertion, NearestTarget, TargetSelector
+from tipim.attack.selection import FixedTarget, GreedyInsertion, GreedyStep, NearestTarget, SurrogatePass, TargetSelector
 from tipim.attack.steps import MomentumStep, project, quantise_within, smooth_gradient
 from tipim.attack.transforms import PostingTransform, RandomAffine, ResizePad
 
@@ -23,15 +24,18 @@ __all__ = [
     "FeatureDropout",
     "FixedTarget",
     "GreedyInsertion",
+    "GreedyStep",
     "IdentityMaskAttack",
     "MemberBalance",
     "MomentumStep",
     "Naturalness",
     "NearestTarget",
+    "Objective",
     "PerImageRandom",
     "PostingTransform",
     "RandomAffine",
     "ResizePad",
+    "SurrogatePass",
     "TargetSelector",
     "gain",
     "gaussian_kernel",

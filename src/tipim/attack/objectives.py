@@ -151,4 +151,116 @@ class Naturalness(nn.Module):
         return out
 
 
-__all__ = ["Naturalness", "gain", "gaussian_kernel", "identity_distance", "mmd", "relative_identity_loss"]
+class Objective(nn.Module):
+    """TIP-IM's objective for a step, summed over faces: ``D(x_p, x_t) - away * D(x_p, x_r)``
+    plus ``gamma * MMD`` (``Naturalness``), with an ensemble's members optionally balanced
+    (``MemberBalance``). Given one surrogate pass, it gives the value per face and the gradient
+    with respect to the mask variable, for one target per face or for many targets at once.
+
+    One forward pass serves every target: the loss is linear in the normalised embedding ``n``
+    (``D(n, t) - D(n, r) = 2 n.(r - t) + const``), so the per-target gradients are
+    vector-Jacobian products through one graph (``grad_mode='loop'``) or one batched product
+    (``'batched'``). A sum over faces, not a mean, so a face's gradient is batch-size free.
+
+    Args:
+        naturalness: the ``gamma * MMD`` term, or None.
+        metric: identity distance, ``l2`` (squared, normalised) or ``cosine``.
+        away: weight of ``D(x_p, x_r)`` (1 = the paper; see ``relative_identity_loss``).
+        balance: how an ensemble's members share each gradient, or None (the plain sum).
+        grad_mode: ``loop`` or ``batched`` per-target products.
+    """
+
+    def __init__(self, naturalness: Naturalness | None = None, metric: str = "l2", away: float = 1.0, balance: nn.Module | None = None,
+                 grad_mode: str = "loop"):
+        super().__init__()
+        if away < 0:
+            raise ValueError(f"away must be >= 0, got {away}")
+        if grad_mode not in ("loop", "batched"):
+            raise ValueError(f"grad_mode must be 'loop' or 'batched', got {grad_mode!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+        self.naturalness, self.metric, self.away, self.balance, self.grad_mode = naturalness, metric, away, balance, grad_mode
+
+    @property
+    def natural_on(self) -> bool:
+        return self.naturalness is not None and self.naturalness.gamma > 0
+
+    def identity(self, n: torch.Tensor, targets: torch.Tensor, n_r: torch.Tensor) -> torch.Tensor:
+        """The identity term per face (broadcasting): ``D(n, t) - away * D(n, n_r)``."""
+        return relative_identity_loss(n, targets, n_r, self.metric, self.away)
+
+    def value(self, n: torch.Tensor, targets: torch.Tensor, n_r: torch.Tensor, natural: torch.Tensor | None) -> torch.Tensor:
+        """The whole objective per face, ``natural`` its ``Naturalness`` term (or None)."""
+        identity = self.identity(n, targets, n_r)
+        return identity + natural if natural is not None else identity
+
+    def _cotangents(self, e: torch.Tensor, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+        """d(sum_b L_b)/d embedding at ``e`` (B, D): (K, B, D) for every target, or (B, D) for
+        target ``which`` per image (the loss is cheap: K small gradients, no network)."""
+        leaf = e.requires_grad_(True)
+        if which is None:
+            losses = self.identity(leaf[:, None], t_emb[None], n_r[:, None]).sum(0)  # (K,)
+            return torch.stack([torch.autograd.grad(losses[k], leaf, retain_graph=True)[0] for k in range(len(t_emb))])
+        return torch.autograd.grad(self.identity(leaf, t_emb[which], n_r).sum(), leaf)[0]
+
+    def _vjp(self, out: torch.Tensor, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """``v . d out / d x`` for one (B, D) or several (K, B, D) cotangents ``v``."""
+        if v.dim() == out.dim():
+            return torch.autograd.grad(out, x, grad_outputs=v, retain_graph=True)[0]
+        if self.grad_mode == "batched":
+            return torch.autograd.grad(out, x, grad_outputs=v, is_grads_batched=True, retain_graph=True)[0]
+        return torch.stack([torch.autograd.grad(out, x, grad_outputs=v[k], retain_graph=True)[0] for k in range(len(v))])
+
+    def _balanced_grads(self, x, parts, n_r, t_emb, which: torch.Tensor | None) -> torch.Tensor:
+        """``identity_grads`` with each member's gradient taken through its own graph and the
+        members combined by ``self.balance`` from their own margins."""
+        sizes = [p.shape[-1] for p in parts]
+        leaf = torch.cat(parts, -1).detach()
+        v = self._cotangents(leaf, n_r, t_emb, which)
+        tgt = t_emb[:, None].expand(-1, len(x), -1) if which is None else t_emb[which]
+        with torch.no_grad():  # per member: D_m(x, x_t) - D_m(x, x_r), (B,) or (K, B)
+            blocks = zip(leaf.split(sizes, -1), tgt.split(sizes, -1), n_r.split(sizes, -1))
+            margins = torch.stack([self.identity(e, t, r) for e, t, r in blocks], -1)
+        grads = [self._vjp(p, x, v_m.contiguous()) for p, v_m in zip(parts, v.split(sizes, -1))]
+        g = self.balance.combine(grads, margins, batch_dims=1 if which is not None else 2)
+        return g if which is not None else g.transpose(0, 1)
+
+    def identity_grads(self, x, n, n_r, t_emb, which: torch.Tensor | None, parts=None) -> torch.Tensor:
+        """Gradients w.r.t. ``x`` of the identity term, for every target (which=None:
+        (B, K, C, H, W)) or for one target per image (which: (B,) -> (B, C, H, W)); ``parts``: the
+        members' blocks of ``n`` when they are balanced, else None."""
+        if parts is not None:
+            return self._balanced_grads(x, parts, n_r, t_emb, which)
+        g = self._vjp(n, x, self._cotangents(n.detach(), n_r, t_emb, which))
+        return g if which is not None else g.transpose(0, 1)
+
+    def gradient(self, x, n, n_r, t_emb, which: torch.Tensor, parts=None, natural: torch.Tensor | None = None) -> torch.Tensor:
+        """The gradient of the whole objective, target ``which`` per face, in one backward pass
+        (the view and the transform are walked once, not twice)."""
+        if parts is not None or natural is None:
+            grad = self.identity_grads(x, n, n_r, t_emb, which, parts)
+            return grad + torch.autograd.grad(natural.sum(), x)[0] if natural is not None else grad
+        v = self._cotangents(n.detach(), n_r, t_emb, which)
+        total = natural.sum()
+        return torch.autograd.grad([n, total], x, grad_outputs=[v, torch.ones_like(total)])[0]
+
+    def candidate_gradients(self, x, n, n_r, t_emb, candidates: torch.Tensor | None, parts=None, natural: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, C, ...) the gradient of the whole objective towards each candidate target
+        (``candidates`` (B, C) target indices, or None: all K), from one surrogate pass."""
+        natural_grad = torch.autograd.grad(natural.sum(), x, retain_graph=True)[0] if natural is not None else 0.0
+        if candidates is None:
+            grads = self.identity_grads(x, n, n_r, t_emb, None, parts)
+        else:
+            grads = torch.stack([self.identity_grads(x, n, n_r, t_emb, candidates[:, j], parts) for j in range(candidates.shape[1])], 1)
+        return grads + (natural_grad[:, None] if natural is not None else 0.0)
+
+    def estimate(self, x, x_cand, grads, n, n_r, t_emb, candidates: torch.Tensor | None) -> torch.Tensor:
+        """(B, C) a first-order estimate of the identity term after each candidate step: its value
+        now (the gradient pass's embedding) plus gradient . step; no network pass."""
+        targets = t_emb[None].expand(len(x), -1, -1) if candidates is None else t_emb[candidates]
+        now = self.identity(n[:, None], targets, n_r[:, None])
+        change = (grads * (x_cand - x[:, None])).flatten(2).sum(-1)
+        return now + change
+
+
+__all__ = ["Naturalness", "Objective", "gain", "gaussian_kernel", "identity_distance", "mmd", "relative_identity_loss"]

@@ -1,10 +1,13 @@
 """How each image picks its target identity among the K of the target set.
 
-The engine asks a selector two things: whether this step evaluates one candidate step per
-target (greedy insertion), and otherwise which target each image follows.
+The engine asks a selector whether this step evaluates candidate steps (greedy insertion: then
+``GreedyInsertion.step`` makes the step), and otherwise which target each image follows.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -32,6 +35,32 @@ class TargetSelector(nn.Module):
 
     def assign(self, step: int, e_x: torch.Tensor, targets: torch.Tensor, current: torch.Tensor, metric: str) -> torch.Tensor:
         return current
+
+
+@dataclass
+class SurrogatePass:
+    """One step's forward pass: the mask variable ``x`` (requires grad), its embedding ``n``
+    through the transform (``parts``: an ensemble's member blocks when they are balanced), and its
+    naturalness term per face (or None)."""
+
+    x: torch.Tensor
+    n: torch.Tensor
+    parts: list[torch.Tensor] | None
+    natural: torch.Tensor | None
+
+
+@dataclass
+class GreedyStep:
+    """What a greedy step chose: the new ``x`` and momentum ``g``, the target each face follows,
+    the surrogate's embedding of the new face (``e_now``), and the chosen target's place by
+    nearness (``choice_rank``) and by the first-order estimate (``estimate_rank``), 0 = first."""
+
+    x: torch.Tensor
+    g: torch.Tensor
+    target: torch.Tensor
+    e_now: torch.Tensor
+    choice_rank: torch.Tensor
+    estimate_rank: torch.Tensor
 
 
 class GreedyInsertion(TargetSelector):
@@ -89,6 +118,31 @@ class GreedyInsertion(TargetSelector):
         estimate (``order`` (B, C), best first), or None for all of them."""
         return order[:, : self.confirm] if 0 < self.confirm < order.shape[1] else None
 
+    def step(self, t: int, now: SurrogatePass, g: torch.Tensor, e_now: torch.Tensor, x_r: torch.Tensor, n_r: torch.Tensor,
+             t_emb: torch.Tensor, objective, rule, embed: Callable[[torch.Tensor], torch.Tensor]) -> GreedyStep:
+        """Algorithm 1's greedy step: from ``now`` (``e_now``: the surrogate's embedding of the
+        untransformed face, which orders the targets to try), one candidate step per target to
+        try (``objective``'s gradients, ``rule``'s momentum step, e.g. ``MomentumStep``), each
+        scored by its gain on the surrogate (``embed``: mask variables -> normalised embeddings);
+        each face keeps its best candidate."""
+        x = now.x.detach()
+        rows = torch.arange(len(x), device=x.device)
+        near, cand = self.candidates(e_now, t_emb, objective.metric, t)  # cand (B, m), or None: all K
+        grads = objective.candidate_gradients(now.x, now.n, n_r, t_emb, cand, now.parts, now.natural)
+        g_cand = rule.accumulate(g[:, None], grads)
+        x_cand = rule.update(x[:, None], x_r[:, None], g_cand)
+        with torch.no_grad():
+            order = objective.estimate(x, x_cand, grads, now.n.detach(), n_r, t_emb, cand).argsort(1)
+            keep = self.confirmed(order)  # (B, m) candidates to confirm with a forward, or None: all
+            tried = x_cand if keep is None else x_cand[rows[:, None], keep]
+            e_cand = embed(tried.flatten(0, 1)).view(len(x), tried.shape[1], -1)
+            best = self.best(e_cand, n_r, t_emb, objective.metric)
+            e_now = e_cand[rows, best]
+            best = best if keep is None else keep[rows, best]  # index among the candidates
+        new = best if cand is None else cand[rows, best]
+        return GreedyStep(x_cand[rows, best], g_cand[rows, best], new, e_now,
+                          (near == new[:, None]).long().argmax(1), (order == best[:, None]).long().argmax(1))
+
     def best(self, e_c: torch.Tensor, e_r: torch.Tensor, targets: torch.Tensor, metric: str) -> torch.Tensor:
         """Which candidate step each face keeps: the largest gain (Eq. 7) over the candidates'
         embeddings ``e_c`` (B, C, D), against the originals ``e_r`` (B, D) and all targets."""
@@ -126,4 +180,4 @@ class NearestTarget(TargetSelector):
         return nearest_target(e_x, targets, metric)
 
 
-__all__ = ["FixedTarget", "GreedyInsertion", "NearestTarget", "TargetSelector"]
+__all__ = ["FixedTarget", "GreedyInsertion", "GreedyStep", "NearestTarget", "SurrogatePass", "TargetSelector"]

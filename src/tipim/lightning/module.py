@@ -143,7 +143,7 @@ class ProtectionModule(L.LightningModule):
     @property
     def mmd_group(self) -> int:
         """Faces per MMD term (1 when the term is off: then nothing couples faces)."""
-        return self.attack.naturalness.group if self.attack.naturalness is not None else 1
+        return self.attack.objective.naturalness.group if self.attack.objective.naturalness is not None else 1
 
     def configure_callbacks(self):
         from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
