@@ -318,8 +318,8 @@ def test_photos_per_batch_change_no_pixel(tmp_path):
 
 
 def test_a_run_stopped_by_an_error_keeps_the_photos_written_while_it_attacked(tmp_path, monkeypatch):
-    """Photos are written in a thread while the next batch is attacked; when a later batch fails,
-    the run stops only after the batch in flight is written and logged."""
+    """Photos written in a thread while the next batch is attacked (on an accelerator; forced
+    here): when a later batch fails, the run stops only after the batch in flight is written."""
     need_model("mtcnn")
     need_model("arcface-mbf")
     import threading
@@ -350,6 +350,7 @@ def test_a_run_stopped_by_an_error_keeps_the_photos_written_while_it_attacked(tm
         write(self, trainer, module, prediction)
 
     monkeypatch.setattr(ProtectedPhotoWriter, "_write_batch", write_b_after_the_failure)
+    monkeypatch.setattr(ProtectedPhotoWriter, "overlap", True)
     monkeypatch.setattr(cli.model, "predict_step", failing_third)
     with pytest.raises(RuntimeError, match="stopped"):
         cli.trainer.predict(cli.model, datamodule=cli.datamodule, return_predictions=False)
