@@ -156,7 +156,7 @@ class PhotoDataModule(RunData):
         found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
         if not found:
             why = describe_ignored(self.ignored)
-            raise ValueError(f"no photos in {' '.join(map(str, self.photos))}" + (f" ({why})" if why else "") + f"; photos must be {READABLE} files")
+            raise ValueError(f"no photos in {' '.join(map(str, self.photos))}" + (f" ({why})" if why else "") + f"; photos must be image files: {READABLE}")
         for i in self.ignored[:5]:
             say(f"{i.path}: {i.reason}", "not read")
         if len(self.ignored) > 5:
