@@ -360,6 +360,37 @@ def test_a_run_stopped_by_an_error_keeps_the_photos_written_while_it_attacked(tm
     assert threads and all(t.startswith("tipim-write") for t in threads)
 
 
+@pytest.mark.slow
+def test_sigterm_stops_the_run_after_the_batch_in_hand_and_the_same_command_resumes(tmp_path):
+    """Lightning's predict loop would note a SIGTERM and run to the end; a run stops at the next
+    batch boundary instead, keeps what it wrote, and the same command finishes the rest."""
+    import signal
+    import time
+
+    need_model("mtcnn")
+    need_model("arcface-mbf")
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in "abcd":
+        astronaut(250).save(src / f"{name}.png")
+    out = tmp_path / "out"
+    cmd = [*TIPIM, "protect", str(src), "--out", str(out), "--check", "none", "--model.steps", "8", "--data.batch_size", "1",
+           "--trainer.accelerator", "cpu"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    manifest = out / "manifest.jsonl"
+    while proc.poll() is None and not (manifest.is_file() and manifest.read_text().count("\n") >= 1):
+        time.sleep(0.02)  # the first photo is written: the second is being attacked
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 143 and "stopped by SIGTERM" in err, err[-2000:]
+    done = [json.loads(x)["id"] for x in manifest.read_text().splitlines()]
+    assert 1 <= len(done) < 4
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    rows = [json.loads(x) for x in manifest.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == list("abcd") and all(r["status"] == "ok" for r in rows)  # each photo once
+
+
 def test_presets_are_tipim_as_the_method_config_defines_it():
     """The photo presets (package YAML, so ``pip install .`` has them) differ from
     configs/method/tipim.yaml only in budget, surrogates and the greedy shortlist; --goal and

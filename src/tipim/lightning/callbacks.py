@@ -129,6 +129,19 @@ class RunProgress(Callback):
         self.bar.close()
 
 
+class StopOnSigterm(Callback):
+    """Stops a run that got a SIGTERM (``kill``, a scheduler's time limit) once the batch in hand
+    is written: Lightning's predict loop only notes the signal and would run to the end. The
+    process exits with 143 (128 + SIGTERM); the same command resumes at the next photo or face."""
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if trainer.received_sigterm:
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            print("tipim protect: stopped by SIGTERM; what is written is kept, and the same command goes on from there", file=sys.stderr, flush=True)
+            raise SIGTERMException(143)
+
+
 class AttackStatsLogger(Callback):
     """Per-batch attack statistics to the trainer's logger (CSV, TensorBoard, W&B): objective,
     surrogate distances, surrogate success, target changes, faces per second.
@@ -173,4 +186,4 @@ class AttackStatsLogger(Callback):
                 self.images_logged = True
 
 
-__all__ = ["AttackStatsLogger", "ManifestWriter", "ProtectedImageWriter", "RunProgress"]
+__all__ = ["AttackStatsLogger", "ManifestWriter", "ProtectedImageWriter", "RunProgress", "StopOnSigterm"]

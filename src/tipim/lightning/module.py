@@ -146,13 +146,13 @@ class ProtectionModule(L.LightningModule):
         return self.attack.objective.naturalness.group if self.attack.objective.naturalness is not None else 1
 
     def configure_callbacks(self):
-        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress
+        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress, StopOnSigterm
         from tipim.lightning.data import RunData
 
         dm = self.trainer.datamodule if self._trainer is not None else None
         # a RunData writes its own outputs; any other datamodule of aligned faces gets the crop writer
         writers = dm.output_callbacks() if isinstance(dm, RunData) else [ProtectedImageWriter(self.output_dir), RunProgress("face")]
-        return [*writers, AttackStatsLogger(self.log_images)]
+        return [*writers, AttackStatsLogger(self.log_images), StopOnSigterm()]  # last: after the batch is written
 
     def on_predict_start(self) -> None:
         dm = self.trainer.datamodule
