@@ -88,7 +88,8 @@ def main():
                 runs = [time_preset(preset, photo, tmp / f"{label}-{size}-{k}".replace(" ", "_"), extra) for k in range(a.repeats)]
                 start, seconds, written = sorted(runs, key=lambda r: r[1])[len(runs) // 2]  # the median run
                 faces = [f for row in written for f in row["faces"]]
-                rows.append({"preset": label, "photo": size, "seconds": round(seconds, 2), "start_seconds": round(start, 2),
+                rows.append({"preset": label, "photo": size, "accelerator": "cpu", "seconds": round(seconds, 2),
+                             "photos_per_s": round(1 / seconds, 3), "start_seconds": round(start, 2),
                              "photos": len(written), "faces": len(faces), "linf": max(row.get("linf") or 0 for row in written),
                              "surrogate_success": sum(f["surrogate_success"] for f in faces)})
                 print(f"{label:22s} {size:9s} {seconds:7.2f} s/photo  (start {start:.1f} s)  faces {rows[-1]['faces']}  "
