@@ -44,7 +44,7 @@ def photos(folder: Path) -> dict[str, Path]:
     return {"250x250": small, "1920x1080": large, f"album {ALBUM} x 250x250": album}
 
 
-def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, dict]:
+def time_preset(preset: str, photo: Path, out: Path, extra: list[str]) -> tuple[float, float, list[dict]]:
     from tipim.lightning.cli import _quiet, build_protect
 
     _quiet()

@@ -552,6 +552,7 @@ def test_a_compiled_surrogate_runs_the_same_attack(setup):
     torch.manual_seed(0)
     got = compiled(x_r, t_emb)
     assert graphs, "the compiled network was never called"
+    assert compiled.compiled and not eager.compiled  # the photo writer's thread keeps off a compiled network
     assert same_image(got.x_p, want.x_p) and torch.equal(got.last_followed, want.last_followed)
     assert [k for k, _ in compiled.named_parameters()] == [k for k, _ in eager.named_parameters()]
     with pytest.raises(ValueError, match="compile and feature_dropout cannot be combined"):

@@ -98,6 +98,11 @@ class IdentityMaskAttack(nn.Module):
         # kept out of the module tree, so that the weights are not registered twice
         self.__dict__["_network"] = torch.compile(self.surrogate, backend="inductor" if compile is True else compile) if compile else self.surrogate
 
+    @property
+    def compiled(self) -> bool:
+        """Whether the surrogate runs through ``torch.compile`` (not safe to call from two threads)."""
+        return self._network is not self.surrogate
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

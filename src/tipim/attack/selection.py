@@ -114,7 +114,7 @@ class GreedyInsertion(TargetSelector):
         return nearest, (nearest[:, : self.shortlist] if step > 0 and 0 < self.shortlist < nearest.shape[1] else None)
 
     def confirmed(self, order: torch.Tensor) -> torch.Tensor | None:
-        """Which candidates get a forward: the ``confirm`` best by the engine's first-order
+        """Which candidates get a forward: the ``confirm`` best by the objective's first-order
         estimate (``order`` (B, C), best first), or None for all of them."""
         return order[:, : self.confirm] if 0 < self.confirm < order.shape[1] else None
 

@@ -135,7 +135,7 @@ class StopOnSigterm(Callback):
     process exits with 143 (128 + SIGTERM); the same command resumes at the next photo or face."""
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        if trainer.received_sigterm:
+        if trainer.received_sigterm and not trainer.predict_loop.batch_progress.is_last_batch:  # done anyway: finish normally
             from lightning.pytorch.utilities.exceptions import SIGTERMException
 
             print("tipim protect: stopped by SIGTERM; what is written is kept, and the same command goes on from there", file=sys.stderr, flush=True)

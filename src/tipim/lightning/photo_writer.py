@@ -62,7 +62,7 @@ class ProtectedPhotoWriter(ManifestWriter):
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0) -> None:
         overlap = self.overlap if self.overlap is not None else pl_module.device.type != "cpu"
-        if not overlap:
+        if not overlap or pl_module.attack.compiled:  # a compiled network is not called from two threads
             return self._write_batch(trainer, pl_module, prediction)
         self.wait()
         if self.writer is None:
@@ -94,6 +94,8 @@ class ProtectedPhotoWriter(ManifestWriter):
 
     @torch.no_grad()
     def _write_batch(self, trainer, pl_module, prediction: dict) -> None:
+        if pl_module.device.type == "cuda":  # a new thread starts on cuda:0, not on this process's device
+            torch.cuda.set_device(pl_module.device)
         eps = int(pl_module.eps_levels) if pl_module.eps_levels is not None else None
         k = 0
         for photo in prediction["photos"]:
