@@ -91,12 +91,17 @@ class IdentityMaskAttack(nn.Module):
         members = getattr(surrogate, "members", None)
         balance = balance if balance is not None and members is not None and len(members) > 1 else None
         self.objective = Objective(naturalness, metric, away, balance, grad_mode)
-        self.metric, self.random_start, self.channels_last = metric, random_start, channels_last
+        self.random_start, self.channels_last = random_start, channels_last
         if channels_last:
             self.surrogate.to(memory_format=torch.channels_last)
         self.dropout = FeatureDropout(feature_dropout).attach(surrogate) if feature_dropout > 0 else None
         # kept out of the module tree, so that the weights are not registered twice
         self.__dict__["_network"] = torch.compile(self.surrogate, backend="inductor" if compile is True else compile) if compile else self.surrogate
+
+    @property
+    def metric(self) -> str:
+        """The identity distance, the objective's: the selector and the verdicts use the same one."""
+        return self.objective.metric
 
     @property
     def compiled(self) -> bool:

@@ -113,8 +113,9 @@ class PhotoDataModule(RunData):
     """
 
     # photos per batch on a CPU, on an accelerator. On 2 CPU cores a face alone leaves the second
-    # core idle through the network's small operations: 4 photos per batch make an album of
-    # portraits ~20% faster per photo than 1 (benchmarks/results/photo_presets.md).
+    # core idle through the network's small operations: an album of 8 portraits took 1.85-1.87 s
+    # per photo at 4 per batch against 2.28-2.33 at 1 (balanced; protection unchanged:
+    # results/photo_transfer/album_batch).
     default_batch = (4, 16)
 
     def __init__(
