@@ -84,7 +84,7 @@ def test_a_big_faces_mask_changes_its_whole_region_within_the_exact_bound():
 
 
 def test_mixed_face_sizes_are_padded_only_within_buckets_of_whole_mmd_groups():
-    from tipim.lightning.module import size_buckets
+    from tipim.lightning.batches import size_buckets
 
     sizes = torch.tensor([[600, 560]] + [[60 + k, 58] for k in range(30)] + [[300, 280], [310, 290]])
     groups = torch.tensor([0] + [1 + k // 8 for k in range(30)] + [5, 6])
@@ -184,7 +184,7 @@ def test_a_batch_of_a_big_face_and_a_crowd_of_small_ones_attacks_each_at_its_own
     attack = module._attack
     monkeypatch.setattr(module, "_attack", lambda x_r, *a, **k: shapes.append(tuple(x_r.shape)) or attack(x_r, *a, **k))
     out = module.predict_step(batch, 0)
-    grids, sizes = batch["view_grids"], batch["view_sizes"]
+    grids, sizes = batch.view_grids, batch.view_sizes
     big = [i for i, s in enumerate(grids) if s > 1]
     assert len(big) == 1 and len(grids) >= 4
     assert max(sizes[big[0]].tolist()) < 4 * 112 * 1.5  # the big face's variable is its grid, not its ~1,000-px region

@@ -119,11 +119,11 @@ class RunProgress(Callback):
             pl_module.on_faces_attacked = self.faces_attacked
 
     def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
-        self.faces += len(batch["id"])
+        self.faces += len(batch)
         rate = self.faces / max(time.perf_counter() - self.start, 1e-9)
         self.bar.set_postfix_str(f"{self.faces} faces, {rate:.2f} faces/s")
         if self.unit != "photo":  # photos advance as they are written
-            self.bar.update(len(batch["id"]))
+            self.bar.update(len(batch))
 
     def on_predict_end(self, trainer, pl_module) -> None:
         self.bar.close()

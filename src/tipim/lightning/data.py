@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tipim.files import IMAGE_SUFFIXES, ImageReadError, list_images, load_rgb, read_jsonl
+from tipim.lightning.batches import CropBatch
 
 FACE_SIZE = 112
 
@@ -128,13 +129,8 @@ def by_device(trainer, cpu: int, accelerator: int) -> int:
     return cpu if trainer is None or isinstance(trainer.accelerator, CPUAccelerator) else accelerator
 
 
-def collate(rows: list[dict]) -> dict:
-    return {
-        "id": [r["id"] for r in rows],
-        "source": [r["source"] for r in rows],
-        "error": [r["error"] for r in rows],
-        "image": torch.stack([r["image"] for r in rows]),
-    }
+def collate(rows: list[dict]) -> CropBatch:
+    return CropBatch([r["id"] for r in rows], [r["source"] for r in rows], [r["error"] for r in rows], torch.stack([r["image"] for r in rows]))
 
 
 def seeded_subset(items: list, limit: int | None, seed: int = 0) -> list:
@@ -171,12 +167,16 @@ class RunData(L.LightningDataModule):
     def dataset(self) -> Dataset:
         raise NotImplementedError
 
-    def collate(self, rows: list[dict]) -> dict:
+    def collate(self, rows: list[dict]):
+        """One typed batch (``tipim.lightning.batches``) from the dataset's rows."""
         raise NotImplementedError
 
     def output_callbacks(self) -> list:
         """The writer and progress callbacks that ``ProtectionModule.configure_callbacks`` uses."""
         raise NotImplementedError
+
+    def check_mmd_group(self, group: int) -> None:
+        """Raises when MMD groups of ``group`` faces would depend on how the inputs are batched."""
 
     def setup(self, stage: str | None = None) -> None:
         if self.limit is not None and self.limit < 1:
@@ -238,8 +238,15 @@ class ProtectDataModule(RunData):
     def dataset(self) -> Dataset:
         return FaceFolder(self.items)
 
-    def collate(self, rows: list[dict]) -> dict:
+    def collate(self, rows: list[dict]) -> CropBatch:
         return collate(rows)
+
+    def check_mmd_group(self, group: int) -> None:
+        if self.resolved_batch_size() % group:
+            raise ValueError(
+                f"data.batch_size {self.resolved_batch_size()} is not a multiple of model.mmd_group {group}: the MMD term's groups would "
+                f"straddle batches and the masks would depend on the batch size. Use a multiple of {group} or set --model.mmd_group."
+            )
 
     def output_callbacks(self) -> list:
         from tipim.lightning.callbacks import ProtectedImageWriter, RunProgress

@@ -26,20 +26,6 @@ def face_seed(seed: int, face_id: str) -> int:
     return int.from_bytes(h[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
-def mmd_groups(batch: dict, group: int) -> torch.Tensor:
-    """Each face's MMD group: runs of ``group`` faces of the batch (the crop data cuts batches at
-    multiples of ``group``, so these are the same runs of the sorted face list at any batch size),
-    or for photos runs of ``group`` faces *within each photo*."""
-    if "photos" not in batch:
-        return torch.arange(len(batch["id"])) // group
-    labels, base = [], 0
-    for photo in batch["photos"]:
-        n = photo["faces"]
-        labels.append(base + torch.arange(n) // group)
-        base += -(-n // group)
-    return torch.cat(labels) if labels else torch.zeros(0, dtype=torch.long)
-
-
 class ProtectionModule(L.LightningModule):
     """Protect aligned faces against face recognition with identity masks.
 
@@ -146,26 +132,17 @@ class ProtectionModule(L.LightningModule):
         return self.attack.objective.naturalness.group if self.attack.objective.naturalness is not None else 1
 
     def configure_callbacks(self):
-        from tipim.lightning.callbacks import AttackStatsLogger, ProtectedImageWriter, RunProgress, StopOnSigterm
-        from tipim.lightning.data import RunData
+        from tipim.lightning.callbacks import AttackStatsLogger, StopOnSigterm
 
         dm = self.trainer.datamodule if self._trainer is not None else None
-        # a RunData writes its own outputs; any other datamodule of aligned faces gets the crop writer
-        writers = dm.output_callbacks() if isinstance(dm, RunData) else [ProtectedImageWriter(self.output_dir), RunProgress("face")]
+        writers = dm.output_callbacks() if dm is not None else []  # each run kind's data (RunData) brings its writer
         return [*writers, AttackStatsLogger(self.log_images), StopOnSigterm()]  # last: after the batch is written
 
     def on_predict_start(self) -> None:
         dm = self.trainer.datamodule
         if dm is None or dm.target_images is None:
             raise RuntimeError("ProtectionModule needs a ProtectDataModule with a target set")
-        from tipim.lightning.data import ProtectDataModule
-
-        group = self.mmd_group
-        if isinstance(dm, ProtectDataModule) and dm.resolved_batch_size() % group:
-            raise ValueError(
-                f"data.batch_size {dm.resolved_batch_size()} is not a multiple of model.mmd_group {group}: the MMD term's groups would "
-                f"straddle batches and the masks would depend on the batch size. Use a multiple of {group} or set --model.mmd_group."
-            )
+        dm.check_mmd_group(self.mmd_group)
         self.target_names = list(dm.target_names)
         self.target_embeddings = self.attack.embed_targets(dm.target_images.to(self.device, self.dtype))
 
@@ -177,32 +154,15 @@ class ProtectionModule(L.LightningModule):
         e_p, e_r = self.attack.embed(crops_p.to(dev)), self.attack.embed(crops_r.to(dev))
         return tuple(t.cpu() for t in judge(e_p, e_r, self.target_embeddings, self.attack.metric))
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        if "photos" in batch:
-            return self._protect_photo_faces(batch)
-        ok = torch.tensor([not e for e in batch["error"]], dtype=torch.bool)
-        out = {k: batch[k] for k in ("id", "source", "error") if k in batch}
-        out["ok"] = ok
-        if not ok.any():
-            return out
-        x_r = batch["image"][ok.to(batch["image"].device)]
-        ids = [i for i, good in zip(batch["id"], ok.tolist()) if good]
-        start = time.perf_counter()
-        r = self._attack(x_r, ids, mmd_groups(batch, self.mmd_group)[ok].to(x_r.device))
-        out.update(
-            x_r=(x_r * 255).round().to(torch.uint8).cpu(),
-            # L-inf: clamp in integer 8-bit units so the written bound is exact; L2: plain rounding
-            x_p=self._quantise(r.x_p, x_r).cpu(),
-            target=[self.target_names[i] for i in r.target.tolist()],
-            last_followed=[self.target_names[i] for i in r.last_followed.tolist()],
-            changes=r.changes.cpu(),
-            choice_rank=r.choice_rank.T.cpu(),
-            d_r=r.d_r.cpu(),
-            d_t=r.d_t.cpu(),
-            objective=r.loss,
-            seconds=time.perf_counter() - start,
-        )
-        return out
+    def predict_step(self, batch, batch_idx: int) -> dict:
+        """``batch``: a ``CropBatch`` or ``PhotoBatch`` (``tipim.lightning.batches``); its units
+        are attacked in turn and its ``predictions`` are what its writer writes."""
+        start, done = time.perf_counter(), []
+        for unit in batch.attack_units(self.mmd_group):
+            done.append((unit, self._attack(unit.x_r, unit.ids, unit.groups, unit.view)))
+            if self.on_faces_attacked is not None:
+                self.on_faces_attacked(sum(len(u.index) for u, _ in done), len(batch))
+        return batch.predictions(done, self._quantise, self.target_names, time.perf_counter() - start)
 
     def _attack(self, x_r: torch.Tensor, ids: list[str], groups: torch.Tensor, view: nn.Module | None = None):
         rng = PerImageRandom([face_seed(self.seed, i) for i in ids], x_r.device)
@@ -212,75 +172,5 @@ class ProtectionModule(L.LightningModule):
     def _quantise(self, x_p: torch.Tensor, x_r: torch.Tensor) -> torch.Tensor:
         return quantise_within(x_p, x_r, self.attack.step.eps if self.eps_levels else 1.0)
 
-    def _protect_photo_faces(self, batch: dict) -> dict:
-        """The faces of a batch of photos, attacked in buckets of similar size (``size_buckets``),
-        each face padded only to its bucket. Per face: ``x_r``/``x_p`` (uint8, its own mask
-        variable's pixels: region or mask grid) and, for a face on a mask grid, ``mask`` (float)."""
-        from tipim.align.paste import CropView, GridMaskView
 
-        out = {k: batch[k] for k in ("id", "source", "error", "photos")}
-        n = len(batch["id"])
-        out["ok"] = torch.ones(n, dtype=torch.bool)
-        if not n:
-            return out
-        regions, sizes, grids = batch["regions"], batch["view_sizes"].cpu(), batch["view_grids"]
-        groups = mmd_groups(batch, self.mmd_group)
-        faces: list[dict] = [{} for _ in range(n)]
-        losses, start = [], time.perf_counter()
-        for idx in size_buckets(sizes, groups):
-            h, w = (int(v) for v in sizes[idx].max(0).values)
-            x_r = regions[idx[0]].new_zeros(len(idx), 3, h, w)
-            for j, i in enumerate(idx):
-                x_r[j, :, : sizes[i, 0], : sizes[i, 1]] = regions[i]
-            view = CropView(batch["view_matrices"][idx], sizes[idx]).to(x_r.device)
-            if any(grids[i] > 1 for i in idx):
-                view = GridMaskView(view, x_r, [grids[i] for i in idx], sizes[idx])
-            r = self._attack(x_r, [batch["id"][i] for i in idx], groups[idx].to(x_r.device), view)
-            x_p8, x_r8 = self._quantise(r.x_p, x_r).cpu(), (x_r * 255).round().to(torch.uint8).cpu()
-            for j, i in enumerate(idx):
-                hh, ww = int(sizes[i, 0]), int(sizes[i, 1])
-                faces[i] = {"x_r": x_r8[j, :, :hh, :ww], "x_p": x_p8[j, :, :hh, :ww], "target": int(r.target[j]), "last_followed": int(r.last_followed[j]),
-                            "changes": r.changes[j].cpu(), "d_r": r.d_r[j].cpu(), "d_t": r.d_t[j].cpu(), "rank": r.choice_rank[:, j].cpu(),
-                            "mask": (r.x_p[j, :, :hh, :ww] - x_r[j, :, :hh, :ww]).cpu() if grids[i] > 1 else None}
-            losses.append((r.loss, len(idx)))
-            if self.on_faces_attacked is not None:
-                self.on_faces_attacked(sum(k for _, k in losses), n)
-        out.update(
-            x_r=[f["x_r"] for f in faces],
-            x_p=[f["x_p"] for f in faces],
-            mask=[f["mask"] for f in faces],
-            grids=list(grids),
-            target=[self.target_names[f["target"]] for f in faces],
-            last_followed=[self.target_names[f["last_followed"]] for f in faces],
-            changes=torch.stack([f["changes"] for f in faces]),
-            choice_rank=torch.stack([f["rank"] for f in faces]),
-            d_r=torch.stack([f["d_r"] for f in faces]),
-            d_t=torch.stack([f["d_t"] for f in faces]),
-            objective=sum(loss * k for loss, k in losses) / n,
-            seconds=time.perf_counter() - start,
-        )
-        return out
-
-
-def size_buckets(sizes: torch.Tensor, groups: torch.Tensor, waste: float = 1.5) -> list[list[int]]:
-    """Faces (indices) in buckets attacked together, each padded to its bucket's largest face.
-    A bucket holds whole MMD groups (``groups``), so buckets change no result; groups join a bucket
-    of similar sizes while its padded pixels stay within ``waste`` times its faces' own pixels:
-    one big face never pads a crowd of small ones."""
-    members: dict[int, list[int]] = {}
-    for i, g in enumerate(groups.tolist()):
-        members.setdefault(g, []).append(i)
-    area = lambda idx: sum(int(sizes[i, 0]) * int(sizes[i, 1]) for i in idx)  # noqa: E731
-    buckets: list[list[int]] = []
-    for idx in sorted(members.values(), key=lambda idx: (-area(idx) / len(idx), idx[0])):
-        if buckets:
-            cand = buckets[-1] + idx
-            h, w = (int(v) for v in sizes[cand].max(0).values)
-            if h * w * len(cand) <= waste * area(cand):
-                buckets[-1] = cand
-                continue
-        buckets.append(list(idx))
-    return [sorted(b) for b in buckets]
-
-
-__all__ = ["ProtectionModule", "face_seed", "mmd_groups", "size_buckets"]
+__all__ = ["ProtectionModule", "face_seed"]

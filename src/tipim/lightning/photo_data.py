@@ -1,7 +1,7 @@
 """Photos in: find them, decode and detect every face in a worker, and deal batches of photos
-to the processes. The faces of a batch of photos are flattened into one batch of aligned crops,
-so the same ``ProtectionModule.predict_step`` protects crops and photos; ``photo_writer`` writes
-them back.
+to the processes. The faces of a batch of photos become one ``PhotoBatch`` of mask variables, so
+the same ``ProtectionModule.predict_step`` protects crops and photos; ``photo_writer`` writes them
+back.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, grid_matrix, mask_grid_factor, region_matrix, to_grid
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
 from tipim.files import MAX_PIXELS, READABLE, ImageReadError, load_rgb
+from tipim.lightning.batches import PhotoBatch
 from tipim.lightning.callbacks import RunProgress
 from tipim.lightning.data import RunData
 from tipim.lightning.photo_writer import FORMATS, ProtectedPhotoWriter, say
@@ -71,22 +72,15 @@ class PhotoFolder(Dataset):
                       "region_matrices": torch.stack(view).float(), "boxes": [[round(v, 1) for v in f.box] for f in faces]}
 
 
-def collate_photos(rows: list[dict]) -> dict:
-    """The faces of a batch of photos (ids ``photo#k``) as a list of their mask variables
-    (``regions``: each face's region, or its mask grid, unpadded: ``ProtectionModule`` pads them
-    in buckets of similar size); ``view_matrices``/``view_sizes`` let ``CropView`` show each as
-    its aligned crop, ``view_grids`` are their mask-grid factors. Each photo row keeps its
-    ``faces`` count, not the regions (a batch moved to a device carries each region once)."""
+def collate_photos(rows: list[dict]) -> PhotoBatch:
     ids, sources, regions, photos = [], [], [], []
     for r in rows:
         ids += [f"{r['id']}#{k}" for k in range(len(r["regions"]))]
         sources += [r["source"]] * len(r["regions"])
         regions += r["regions"]
         photos.append({k: v for k, v in r.items() if k != "regions"} | {"faces": len(r["regions"])})
-    return {"id": ids, "source": sources, "error": [""] * len(ids), "regions": regions, "photos": photos,
-            "view_matrices": torch.cat([r["region_matrices"] for r in rows]),
-            "view_sizes": torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2),
-            "view_grids": [s for r in rows for s in r["grids"]]}
+    return PhotoBatch(ids, sources, [""] * len(ids), regions, photos, torch.cat([r["region_matrices"] for r in rows]),
+                      torch.tensor([[x.shape[1], x.shape[2]] for x in regions], dtype=torch.long).view(-1, 2), [s for r in rows for s in r["grids"]])
 
 
 class PhotoDataModule(RunData):
@@ -167,7 +161,7 @@ class PhotoDataModule(RunData):
     def dataset(self) -> Dataset:
         return PhotoFolder(self.items, self.multi, self.max_pixels, self.detect_size)
 
-    def collate(self, rows: list[dict]) -> dict:
+    def collate(self, rows: list[dict]) -> PhotoBatch:
         return collate_photos(rows)
 
     def output_callbacks(self) -> list[Callback]:
