@@ -32,10 +32,13 @@ def test_aligned_lfw_face_has_its_landmarks_on_the_template(lfw):
     from tipim.align.aligner import FaceAligner
 
     img = np.asarray(Image.open(lfw / "Aaron_Eckhart" / "Aaron_Eckhart_0001.jpg").convert("RGB"))
-    faces, n = FaceAligner().faces(img)
+    aligner = FaceAligner()
+    faces, n = aligner.faces(img)
     assert n >= 1 and len(faces) == 1
     f = faces[0]
     assert f.crop.shape == (112, 112, 3) and f.crop.dtype == np.uint8
+    bare, _ = aligner.faces(img, crops=False)  # a photo run's: the same face and matrix, no crop made
+    assert bare[0].crop is None and bare[0].matrix == f.matrix and bare[0].landmarks == f.landmarks
     m = torch.tensor(f.matrix)
     mapped = torch.tensor(f.landmarks) @ m[:, :2].T + m[:, 2]
     residual = (mapped - ARCFACE_TEMPLATE).norm(dim=1)

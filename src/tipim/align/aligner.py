@@ -24,14 +24,19 @@ class Face:
     score: float
     landmarks: list[list[float]]  # 5 x 2, photo pixels
     matrix: list[list[float]]  # 2 x 3, photo -> crop
-    crop: np.ndarray = field(repr=False)  # 112 x 112 x 3 uint8
+    crop: np.ndarray | None = field(repr=False)  # 112 x 112 x 3 uint8; None when not asked for
+
+
+def align_matrix(landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> torch.Tensor:
+    """The 2x3 photo->crop matrix that puts five landmarks on the ArcFace template."""
+    return estimate_similarity(torch.as_tensor(landmarks, dtype=torch.float32), ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
 
 
 def align_crop(image: np.ndarray, landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The ArcFace-aligned crop of one face and the 2x3 photo->crop matrix."""
     from tipim.align.paste import crop_faces
 
-    m = estimate_similarity(torch.as_tensor(landmarks, dtype=torch.float32), ARCFACE_TEMPLATE * (size / ARCFACE_SIZE))
+    m = align_matrix(landmarks, size)
     crop = crop_faces(image, m[None], size)[0]
     return (crop.permute(1, 2, 0) * 255.0).round().byte().numpy(), m.numpy()
 
@@ -97,12 +102,16 @@ class FaceAligner:
         centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
         return [int(np.argmin(((centres - [w / 2, h / 2]) ** 2).sum(1)))]
 
-    def faces(self, image: np.ndarray) -> tuple[list[Face], int]:
-        """The kept faces and the number detected."""
+    def faces(self, image: np.ndarray, crops: bool = True) -> tuple[list[Face], int]:
+        """The kept faces and the number detected. ``crops=False`` leaves ``Face.crop`` out (a
+        photo run crops its faces later, through its own view)."""
         boxes, points = self.detect(image)
         out = []
         for i in self.pick(image, boxes):
-            crop, m = align_crop(image, points[i])
+            if crops:
+                crop, m = align_crop(image, points[i])
+            else:
+                crop, m = None, align_matrix(points[i]).numpy()
             out.append(Face(boxes[i, :4].tolist(), float(boxes[i, 4]), points[i].tolist(), m.tolist(), crop))
         return out, len(boxes)
 
@@ -179,4 +188,4 @@ def _progress(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="img", smoothing=0.05)
 
 
-__all__ = ["Face", "FaceAligner", "align_crop", "align_folder"]
+__all__ = ["Face", "FaceAligner", "align_crop", "align_folder", "align_matrix"]

@@ -11,7 +11,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 
 from tipim.attack.objectives import surrogate_success
-from tipim.files import append_jsonl, atomic_write_bytes, encode_image, load_rgb, read_jsonl
+from tipim.files import append_jsonl, atomic_write_bytes, encode_image, load_rgb
 
 
 class ManifestWriter(BasePredictionWriter):
@@ -28,7 +28,7 @@ class ManifestWriter(BasePredictionWriter):
 
     def setup(self, trainer, pl_module, stage=None) -> None:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
+        self.done = set(trainer.datamodule.done)  # read from the manifest by the run's data (``RunData.setup``)
 
 
 class ProtectedImageWriter(ManifestWriter):

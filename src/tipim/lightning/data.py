@@ -159,6 +159,7 @@ class RunData(L.LightningDataModule):
         self.items: list = []
         self.target_names: list[str] = []
         self.target_images: torch.Tensor | None = None
+        self.done: set[str] = set()  # ids already ``ok`` in the run folder (``setup``)
 
     def find(self) -> list:
         """Every input, each with a unique ``id``; raises with a hint when there is none."""
@@ -183,16 +184,14 @@ class RunData(L.LightningDataModule):
             raise ValueError(f"data.limit must be at least 1 (or unset for every input), got {self.limit}")
         self.items = seeded_subset(self.find(), self.limit, self.limit_seed)
         self.target_names, self.target_images = load_targets(self.targets, self.root)
+        # the run folder's manifest, read once: the batches to skip, and the ids its writer must not write again
+        self.done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
 
     def resolved_batch_size(self) -> int:
         return self.batch_size if self.batch_size is not None else by_device(self.trainer, *self.default_batch)
 
-    def done_ids(self) -> set[str]:
-        return {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
-
     def predict_dataloader(self) -> DataLoader:
-        done = self.done_ids()
-        done_idx = {i for i, it in enumerate(self.items) if it.id in done}
+        done_idx = {i for i, it in enumerate(self.items) if it.id in self.done}
         rank, world = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         sampler = ShardedBatches(len(self.items), self.resolved_batch_size(), done_idx, rank, world)
         return DataLoader(self.dataset(), batch_sampler=sampler, num_workers=self.num_workers, collate_fn=self.collate)

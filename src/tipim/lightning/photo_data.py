@@ -58,7 +58,7 @@ class PhotoFolder(Dataset):
         if min(h, w) < self.aligner().detector.min_face_size:  # smaller than the smallest face it finds
             return row | {"error": f"{item.path}: only {w}x{h} pixels, too small to hold a face; use the original photo", "status": "no_face"}
         try:
-            faces, _ = self.aligner().faces(photo)
+            faces, _ = self.aligner().faces(photo, crops=False)  # cropped once, later, through the mask variable's view
         except Exception as e:  # a detector failure on one photo never stops the run
             return row | {"error": f"{item.path}: face detection failed ({type(e).__name__}: {e}); please report this photo", "status": "error"}
         if not faces:
