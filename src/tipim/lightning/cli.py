@@ -9,7 +9,6 @@ The resolved config is written to ``<output_dir>/config.yaml``.
 from __future__ import annotations
 
 import argparse
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Union
@@ -19,7 +18,6 @@ from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch import LightningDataModule, Trainer, seed_everything
 from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
 
-from tipim.files import read_jsonl
 from tipim.lightning.data import RunData
 from tipim.lightning.module import ProtectionModule
 from tipim.lightning.photo_data import NO_PHOTOS, PhotoDataModule
@@ -213,47 +211,6 @@ def build_protect(argv: list[str]) -> Protect:
     return build(parser, resolve(parser, parser.parse_args(argv), lambda: parser.parse_args(argv)))
 
 
-def summarise(output_dir: str | Path) -> tuple[str, int]:
-    """One line for a person, and how many faces failed."""
-    latest = {r["id"]: r for r in read_jsonl(Path(output_dir) / "manifest.jsonl")}
-    status = Counter(r["status"] for r in latest.values())
-    fooled = sum(1 for r in latest.values() if r.get("surrogate_success"))
-    worst = max((r.get("linf") or 0 for r in latest.values()), default=0)
-    line = (
-        f"{len(latest)} faces: {status.get('ok', 0)} protected, {status.get('error', 0)} failed; "
-        f"{fooled} now closer to a target than to themselves on the surrogate; "
-        f"max pixel change {worst}/255. Outputs: {output_dir}/images, log: {output_dir}/manifest.jsonl"
-    )
-    return line, status.get("error", 0)
-
-
-def summarise_photos(output_dir: str | Path, ignored: list | None = None) -> tuple[str, int]:
-    latest = {r["id"]: r for r in read_jsonl(Path(output_dir) / "manifest.jsonl")}
-    ok = [r for r in latest.values() if r["status"] == "ok"]
-    failed = [r for r in latest.values() if r["status"] != "ok"]
-    faces = sum(len(r["faces"]) for r in ok)
-    fooled = sum(f["surrogate_success"] for r in ok for f in r["faces"])
-    kinds = Counter(r["status"] for r in failed)
-    why = f" ({', '.join(f'{n} {k.replace(chr(95), chr(32))}' for k, n in sorted(kinds.items()))})" if kinds else ""
-    mask = max((r["linf_before_encoding"] for r in ok), default=0)
-    decoded = max((r["linf"] for r in ok), default=0)
-    codec = f" (the lossy codec adds its own error: up to {decoded}/255 in the decoded file)" if decoded > mask else ""
-    from tipim.evaluation.selfcheck import describe
-    from tipim.inputs import describe_ignored
-
-    skipped = describe_ignored(ignored or [])
-    checked = [f["independent"] for r in ok for f in r["faces"] if "independent" in f]
-    models = next((r["check_models"] for r in ok if r.get("check_models")), [])
-    out = Path(output_dir)
-    parts = [f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}", skipped]
-    if faces:
-        parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate")
-        parts.append(describe(checked, models))
-        parts.append(f"max pixel change {mask}/255{codec}")
-    line = "; ".join(p for p in parts if p) + f". Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
-    return line, len(failed)
-
-
 def _quiet() -> None:
     """A person sees our progress bar, messages and summary: not Lightning's tips, device
     inventory or third-party deprecation warnings that ask nothing of them."""
@@ -292,10 +249,7 @@ def run(protect: Protect) -> int:
             lock.release()
     if not trainer.is_global_zero:
         return 0
-    if isinstance(data, PhotoDataModule):
-        line, failed = summarise_photos(model.output_dir, data.ignored)
-    else:
-        line, failed = summarise(model.output_dir)
+    line, failed = data.summary()
     print(line, flush=True)
     return 1 if failed else 0
 

@@ -4,6 +4,7 @@ batch-level MMD term (and every seed) is identical with 1 or N processes."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,11 @@ class RunData(L.LightningDataModule):
     def check_mmd_group(self, group: int) -> None:
         """Raises when MMD groups of ``group`` faces would depend on how the inputs are batched."""
 
+    def summary(self) -> tuple[str, int]:
+        """One line for a person about the whole run folder (every rank's lines, earlier runs'
+        too), and how many inputs failed."""
+        raise NotImplementedError
+
     def setup(self, stage: str | None = None) -> None:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"data.limit must be at least 1 (or unset for every input), got {self.limit}")
@@ -246,6 +252,18 @@ class ProtectDataModule(RunData):
                 f"data.batch_size {self.resolved_batch_size()} is not a multiple of model.mmd_group {group}: the MMD term's groups would "
                 f"straddle batches and the masks would depend on the batch size. Use a multiple of {group} or set --model.mmd_group."
             )
+
+    def summary(self) -> tuple[str, int]:
+        latest = {r["id"]: r for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl")}
+        status = Counter(r["status"] for r in latest.values())
+        fooled = sum(1 for r in latest.values() if r.get("surrogate_success"))
+        worst = max((r.get("linf") or 0 for r in latest.values()), default=0)
+        line = (
+            f"{len(latest)} faces: {status.get('ok', 0)} protected, {status.get('error', 0)} failed; "
+            f"{fooled} now closer to a target than to themselves on the surrogate; "
+            f"max pixel change {worst}/255. Outputs: {self.output_dir}/images, log: {self.output_dir}/manifest.jsonl"
+        )
+        return line, status.get("error", 0)
 
     def output_callbacks(self) -> list:
         from tipim.lightning.callbacks import ProtectedImageWriter, RunProgress

@@ -7,6 +7,8 @@ back.
 from __future__ import annotations
 
 import time
+from collections import Counter
+from pathlib import Path
 
 import torch
 from lightning.pytorch.callbacks import Callback
@@ -15,7 +17,7 @@ from torch.utils.data import Dataset
 from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, grid_matrix, mask_grid_factor, region_matrix, to_grid
 from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
-from tipim.files import MAX_PIXELS, READABLE, ImageReadError, load_rgb
+from tipim.files import MAX_PIXELS, READABLE, ImageReadError, load_rgb, read_jsonl
 from tipim.lightning.batches import PhotoBatch
 from tipim.lightning.callbacks import RunProgress
 from tipim.lightning.data import RunData
@@ -164,8 +166,32 @@ class PhotoDataModule(RunData):
     def collate(self, rows: list[dict]) -> PhotoBatch:
         return collate_photos(rows)
 
+    def summary(self) -> tuple[str, int]:
+        latest = {r["id"]: r for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl")}
+        ok = [r for r in latest.values() if r["status"] == "ok"]
+        failed = [r for r in latest.values() if r["status"] != "ok"]
+        faces = sum(len(r["faces"]) for r in ok)
+        fooled = sum(f["surrogate_success"] for r in ok for f in r["faces"])
+        kinds = Counter(r["status"] for r in failed)
+        why = f" ({', '.join(f'{n} {k.replace(chr(95), chr(32))}' for k, n in sorted(kinds.items()))})" if kinds else ""
+        mask = max((r["linf_before_encoding"] for r in ok), default=0)
+        decoded = max((r["linf"] for r in ok), default=0)
+        codec = f" (the lossy codec adds its own error: up to {decoded}/255 in the decoded file)" if decoded > mask else ""
+        from tipim.evaluation.selfcheck import describe
+
+        skipped = describe_ignored(self.ignored)
+        checked = [f["independent"] for r in ok for f in r["faces"] if "independent" in f]
+        models = next((r["check_models"] for r in ok if r.get("check_models")), [])
+        out = Path(self.output_dir)
+        parts = [f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}", skipped]
+        if faces:
+            parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate")
+            parts.append(describe(checked, models))
+            parts.append(f"max pixel change {mask}/255{codec}")
+        line = "; ".join(p for p in parts if p) + f". Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
+        return line, len(failed)
+
     def output_callbacks(self) -> list[Callback]:
-        """What ProtectionModule.configure_callbacks uses instead of its crop writer."""
         progress = RunProgress("photo")
         return [ProtectedPhotoWriter(self.output_dir, self.output_format, self.quality, self.keep_metadata, self.check, progress), progress]
 
