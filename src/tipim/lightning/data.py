@@ -162,6 +162,11 @@ class RunData(L.LightningDataModule):
         self.target_images: torch.Tensor | None = None
         self.done: set[str] = set()  # ids already ``ok`` in the run folder (``setup``)
 
+    @property
+    def manifest(self) -> Path:
+        """The run folder's record, one line per input written (``ManifestWriter``)."""
+        return Path(self.output_dir) / "manifest.jsonl"
+
     def find(self) -> list:
         """Every input, each with a unique ``id``; raises with a hint when there is none."""
         raise NotImplementedError
@@ -191,7 +196,7 @@ class RunData(L.LightningDataModule):
         self.items = seeded_subset(self.find(), self.limit, self.limit_seed)
         self.target_names, self.target_images = load_targets(self.targets, self.root)
         # the run folder's manifest, read once: the batches to skip, and the ids its writer must not write again
-        self.done = {r["id"] for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl") if r.get("status") == "ok"}
+        self.done = {r["id"] for r in read_jsonl(self.manifest) if r.get("status") == "ok"}
 
     def resolved_batch_size(self) -> int:
         return self.batch_size if self.batch_size is not None else by_device(self.trainer, *self.default_batch)
@@ -254,7 +259,7 @@ class ProtectDataModule(RunData):
             )
 
     def summary(self) -> tuple[str, int]:
-        latest = {r["id"]: r for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl")}
+        latest = {r["id"]: r for r in read_jsonl(self.manifest)}
         status = Counter(r["status"] for r in latest.values())
         fooled = sum(1 for r in latest.values() if r.get("surrogate_success"))
         worst = max((r.get("linf") or 0 for r in latest.values()), default=0)

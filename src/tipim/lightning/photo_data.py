@@ -167,7 +167,7 @@ class PhotoDataModule(RunData):
         return collate_photos(rows)
 
     def summary(self) -> tuple[str, int]:
-        latest = {r["id"]: r for r in read_jsonl(Path(self.output_dir) / "manifest.jsonl")}
+        latest = {r["id"]: r for r in read_jsonl(self.manifest)}
         ok = [r for r in latest.values() if r["status"] == "ok"]
         failed = [r for r in latest.values() if r["status"] != "ok"]
         faces = sum(len(r["faces"]) for r in ok)
@@ -182,13 +182,12 @@ class PhotoDataModule(RunData):
         skipped = describe_ignored(self.ignored)
         checked = [f["independent"] for r in ok for f in r["faces"] if "independent" in f]
         models = next((r["check_models"] for r in ok if r.get("check_models")), [])
-        out = Path(self.output_dir)
         parts = [f"{len(latest)} photos, {faces} faces: {len(ok)} photos protected, {len(failed)} failed{why}", skipped]
         if faces:
             parts.append(f"{fooled}/{faces} faces now closer to a target than to themselves on the surrogate")
             parts.append(describe(checked, models))
             parts.append(f"max pixel change {mask}/255{codec}")
-        line = "; ".join(p for p in parts if p) + f". Outputs: {out / 'images'}, log: {out / 'manifest.jsonl'}"
+        line = "; ".join(p for p in parts if p) + f". Outputs: {Path(self.output_dir) / 'images'}, log: {self.manifest}"
         return line, len(failed)
 
     def output_callbacks(self) -> list[Callback]:
