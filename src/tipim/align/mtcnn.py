@@ -2,7 +2,8 @@
 
 The P-, R- and O-net definitions and the cascade below are taken from facenet-pytorch 2.6.0
 (https://github.com/timesler/facenet-pytorch, MIT licence, Copyright (c) 2019 Timothy Esler),
-with the file I/O, OpenCV/PIL branches and implicit weight downloads removed. The weights are the
+with the file I/O, OpenCV/PIL branches and implicit weight downloads removed, and the three nets
+built from their shapes (``_Stage``: the same layers, names and arithmetic). The weights are the
 ``pnet.pt``/``rnet.pt``/``onet.pt`` files of that wheel, fetched and checksummed by the zoo and
 loaded with ``torch.load(weights_only=True)``.
 """
@@ -26,116 +27,68 @@ def fixed_batch_process(im_data, model):
     return tuple(torch.cat(v, dim=0) for v in zip(*out))
 
 
-class PNet(nn.Module):
-    def __init__(self):
+def candidate_crops(imgs, image_inds, bounds, size):
+    """Each candidate box cut from its image, resampled to the next net's input size and scaled
+    as the nets were trained."""
+    y, ey, x, ex = bounds
+    im_data = []
+    for k in range(len(y)):
+        if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
+            img_k = imgs[image_inds[k], :, (y[k] - 1):ey[k], (x[k] - 1):ex[k]].unsqueeze(0)
+            im_data.append(imresample(img_k, (size, size)))
+    return (torch.cat(im_data, dim=0) - 127.5) * 0.0078125
+
+
+class _Stage(nn.Module):
+    """One net of the cascade, built from its shape: convolutions (each with a PReLU, some with a
+    max-pool), an optional dense layer, then its heads; the first head's softmax is the face score,
+    returned last. Layers are named as the weight files name them (conv1, prelu1, ..., dense5_2)."""
+
+    def __init__(self, convs, pools, dense=None, heads=(2, 4)):
         super().__init__()
+        self.trunk = []
+        for i, (cin, cout, k) in enumerate(convs, 1):
+            self._trunk(f"conv{i}", nn.Conv2d(cin, cout, kernel_size=k))
+            self._trunk(f"prelu{i}", nn.PReLU(cout))
+            if i in pools:
+                self._trunk(f"pool{i}", nn.MaxPool2d(*pools[i], ceil_mode=True))
+        n, width = len(convs) + 1, convs[-1][1]
+        if dense:
+            self._trunk(f"dense{n}", nn.Linear(width * dense[0], dense[1]))  # flattened as (x, y, channel), Caffe's order
+            self._trunk(f"prelu{n}", nn.PReLU(dense[1]))
+            n, width = n + 1, dense[1]
+        self.heads = [f"{'dense' if dense else 'conv'}{n}_{j}" for j in range(1, len(heads) + 1)]
+        for name, out in zip(self.heads, heads):
+            self.add_module(name, nn.Linear(width, out) if dense else nn.Conv2d(width, out, kernel_size=1))
+        self.softmax = nn.Softmax(dim=1)
 
-        self.conv1 = nn.Conv2d(3, 10, kernel_size=3)
-        self.prelu1 = nn.PReLU(10)
-        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(10, 16, kernel_size=3)
-        self.prelu2 = nn.PReLU(16)
-        self.conv3 = nn.Conv2d(16, 32, kernel_size=3)
-        self.prelu3 = nn.PReLU(32)
-        self.conv4_1 = nn.Conv2d(32, 2, kernel_size=1)
-        self.softmax4_1 = nn.Softmax(dim=1)
-        self.conv4_2 = nn.Conv2d(32, 4, kernel_size=1)
-
+    def _trunk(self, name, layer):
+        self.add_module(name, layer)
+        self.trunk.append(name)
 
     def forward(self, x):
-        x = self.conv1(x)
-        x = self.prelu1(x)
-        x = self.pool1(x)
-        x = self.conv2(x)
-        x = self.prelu2(x)
-        x = self.conv3(x)
-        x = self.prelu3(x)
-        a = self.conv4_1(x)
-        a = self.softmax4_1(a)
-        b = self.conv4_2(x)
-        return b, a
+        for name in self.trunk:
+            if name.startswith("dense"):
+                x = x.permute(0, 3, 2, 1).contiguous().view(x.shape[0], -1)
+            x = getattr(self, name)(x)
+        score, *rest = (getattr(self, name)(x) for name in self.heads)
+        return (*rest, self.softmax(score))
 
 
-class RNet(nn.Module):
+class PNet(_Stage):
     def __init__(self):
-        super().__init__()
-
-        self.conv1 = nn.Conv2d(3, 28, kernel_size=3)
-        self.prelu1 = nn.PReLU(28)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(28, 48, kernel_size=3)
-        self.prelu2 = nn.PReLU(48)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(48, 64, kernel_size=2)
-        self.prelu3 = nn.PReLU(64)
-        self.dense4 = nn.Linear(576, 128)
-        self.prelu4 = nn.PReLU(128)
-        self.dense5_1 = nn.Linear(128, 2)
-        self.softmax5_1 = nn.Softmax(dim=1)
-        self.dense5_2 = nn.Linear(128, 4)
+        super().__init__([(3, 10, 3), (10, 16, 3), (16, 32, 3)], pools={1: (2, 2)})
 
 
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.prelu1(x)
-        x = self.pool1(x)
-        x = self.conv2(x)
-        x = self.prelu2(x)
-        x = self.pool2(x)
-        x = self.conv3(x)
-        x = self.prelu3(x)
-        x = x.permute(0, 3, 2, 1).contiguous()
-        x = self.dense4(x.view(x.shape[0], -1))
-        x = self.prelu4(x)
-        a = self.dense5_1(x)
-        a = self.softmax5_1(a)
-        b = self.dense5_2(x)
-        return b, a
-
-
-class ONet(nn.Module):
+class RNet(_Stage):
     def __init__(self):
-        super().__init__()
-
-        self.conv1 = nn.Conv2d(3, 32, kernel_size=3)
-        self.prelu1 = nn.PReLU(32)
-        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
-        self.prelu2 = nn.PReLU(64)
-        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-        self.conv3 = nn.Conv2d(64, 64, kernel_size=3)
-        self.prelu3 = nn.PReLU(64)
-        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
-        self.conv4 = nn.Conv2d(64, 128, kernel_size=2)
-        self.prelu4 = nn.PReLU(128)
-        self.dense5 = nn.Linear(1152, 256)
-        self.prelu5 = nn.PReLU(256)
-        self.dense6_1 = nn.Linear(256, 2)
-        self.softmax6_1 = nn.Softmax(dim=1)
-        self.dense6_2 = nn.Linear(256, 4)
-        self.dense6_3 = nn.Linear(256, 10)
+        super().__init__([(3, 28, 3), (28, 48, 3), (48, 64, 2)], pools={1: (3, 2), 2: (3, 2)}, dense=(9, 128))
 
 
-    def forward(self, x):
-        x = self.conv1(x)
-        x = self.prelu1(x)
-        x = self.pool1(x)
-        x = self.conv2(x)
-        x = self.prelu2(x)
-        x = self.pool2(x)
-        x = self.conv3(x)
-        x = self.prelu3(x)
-        x = self.pool3(x)
-        x = self.conv4(x)
-        x = self.prelu4(x)
-        x = x.permute(0, 3, 2, 1).contiguous()
-        x = self.dense5(x.view(x.shape[0], -1))
-        x = self.prelu5(x)
-        a = self.dense6_1(x)
-        a = self.softmax6_1(a)
-        b = self.dense6_2(x)
-        c = self.dense6_3(x)
-        return b, c, a
+class ONet(_Stage):
+    def __init__(self):
+        super().__init__([(3, 32, 3), (32, 64, 3), (64, 64, 3), (64, 128, 2)], pools={1: (3, 2), 2: (3, 2), 3: (2, 2)},
+                         dense=(9, 256), heads=(2, 4, 10))
 
 
 
@@ -202,13 +155,7 @@ def detect_face(imgs, minsize, pnet, rnet, onet, threshold, factor, device):
     
     # Second stage
     if len(boxes) > 0:
-        im_data = []
-        for k in range(len(y)):
-            if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
-                img_k = imgs[image_inds[k], :, (y[k] - 1):ey[k], (x[k] - 1):ex[k]].unsqueeze(0)
-                im_data.append(imresample(img_k, (24, 24)))
-        im_data = torch.cat(im_data, dim=0)
-        im_data = (im_data - 127.5) * 0.0078125
+        im_data = candidate_crops(imgs, image_inds, (y, ey, x, ex), 24)
 
         # This is equivalent to out = rnet(im_data) to avoid GPU out of memory.
         out = fixed_batch_process(im_data, rnet)
@@ -231,14 +178,8 @@ def detect_face(imgs, minsize, pnet, rnet, onet, threshold, factor, device):
     points = torch.zeros(0, 5, 2, device=device)
     if len(boxes) > 0:
         y, ey, x, ex = pad(boxes, w, h)
-        im_data = []
-        for k in range(len(y)):
-            if ey[k] > (y[k] - 1) and ex[k] > (x[k] - 1):
-                img_k = imgs[image_inds[k], :, (y[k] - 1):ey[k], (x[k] - 1):ex[k]].unsqueeze(0)
-                im_data.append(imresample(img_k, (48, 48)))
-        im_data = torch.cat(im_data, dim=0)
-        im_data = (im_data - 127.5) * 0.0078125
-        
+        im_data = candidate_crops(imgs, image_inds, (y, ey, x, ex), 48)
+
         # This is equivalent to out = onet(im_data) to avoid GPU out of memory.
         out = fixed_batch_process(im_data, onet)
 
