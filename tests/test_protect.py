@@ -73,7 +73,7 @@ def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
     assert sorted(x["id"] for x in rows) == ids
     for x in rows:
         assert x["status"] == "ok" and x["method"] == "mim" and x["surrogates"] == ["arcface-mbf"]
-        assert x["eps"] == 12 and x["steps"] == 4 and x["target"] in {"astronaut", "player_gdp_0", "player_gdp_1", "player_gdp_2"}
+        assert x["eps_levels"] == 12 and x["steps"] == 4 and x["target"] in {"astronaut", "player_gdp_0", "player_gdp_1", "player_gdp_2"}
         assert not Path(x["output"]).is_absolute()  # relative to the run folder: a moved run still reads
         diff = np.abs(pixels(out / x["output"]) - pixels(x["source"])).max()
         assert diff == x["linf"] <= 12 and diff > 0

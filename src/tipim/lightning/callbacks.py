@@ -47,7 +47,7 @@ class ProtectedImageWriter(ManifestWriter):
                 "output": None,
                 "method": pl_module.method,
                 "surrogates": pl_module.surrogate_names,
-                "eps": eps,
+                "eps_levels": eps,
                 "steps": pl_module.steps,
                 "seed": pl_module.seed,
                 "rank": trainer.global_rank,

@@ -110,7 +110,7 @@ class ProtectedPhotoWriter(ManifestWriter):
 
         n = sl.stop - sl.start
         rec = {"id": photo["id"], "source": photo["source"], "output": None, "method": pl_module.method,
-               "surrogates": pl_module.surrogate_names, "eps": eps, "steps": pl_module.steps, "seed": pl_module.seed,
+               "surrogates": pl_module.surrogate_names, "eps_levels": eps, "steps": pl_module.steps, "seed": pl_module.seed,
                "rank": trainer.global_rank, "format": self.output_format, "faces": []}
         if photo["id"] in self.done:
             return
