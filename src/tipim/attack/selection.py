@@ -33,7 +33,7 @@ class TargetSelector(nn.Module):
         (``rng``: each image's ``PerImageRandom`` stream, for selectors that draw)."""
         return nearest_target(e_r, targets, metric)
 
-    def assign(self, step: int, e_x: torch.Tensor, targets: torch.Tensor, current: torch.Tensor, metric: str) -> torch.Tensor:
+    def assign(self, step: int, embeddings: torch.Tensor, targets: torch.Tensor, current: torch.Tensor, metric: str) -> torch.Tensor:
         return current
 
 
@@ -102,15 +102,15 @@ class GreedyInsertion(TargetSelector):
     def evaluates_candidates(self, step: int) -> bool:
         return step % self.every == 0 and (step == 0 or self.shortlist != 1)
 
-    def assign(self, step, e_x, targets, current, metric):
+    def assign(self, step, embeddings, targets, current, metric):
         if self.shortlist == 1 and step > 0 and step % self.every == 0:  # the nearest to the step's own embedding: no candidate forward
-            return nearest_target(e_x, targets, metric)
+            return nearest_target(embeddings, targets, metric)
         return current
 
-    def candidates(self, e_x: torch.Tensor, targets: torch.Tensor, metric: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The targets to try from the face now (``e_x`` (B, D)): every target's index ordered by
+    def candidates(self, embeddings: torch.Tensor, targets: torch.Tensor, metric: str, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The targets to try from the face now (``embeddings`` (B, D)): every target's index ordered by
         nearness (B, K), and the shortlist (B, m), or None for all K."""
-        nearest = identity_distance(e_x[:, None], targets[None], metric).argsort(1)
+        nearest = identity_distance(embeddings[:, None], targets[None], metric).argsort(1)
         return nearest, (nearest[:, : self.shortlist] if step > 0 and 0 < self.shortlist < nearest.shape[1] else None)
 
     def confirmed(self, order: torch.Tensor) -> torch.Tensor | None:
@@ -176,8 +176,8 @@ class FixedTarget(TargetSelector):
 class NearestTarget(TargetSelector):
     """MT-DIM's dynamic assignment: every step, follow the target nearest the current image."""
 
-    def assign(self, step, e_x, targets, current, metric):
-        return nearest_target(e_x, targets, metric)
+    def assign(self, step, embeddings, targets, current, metric):
+        return nearest_target(embeddings, targets, metric)
 
 
 __all__ = ["FixedTarget", "GreedyInsertion", "GreedyStep", "NearestTarget", "SurrogatePass", "TargetSelector"]
