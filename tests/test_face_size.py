@@ -168,13 +168,13 @@ def test_a_batch_of_a_big_face_and_a_crowd_of_small_ones_attacks_each_at_its_own
     need_model("mtcnn")
     need_model("arcface-mbf")
     need_model("demo")
-    from tipim.inputs import PhotoItem
+    from tipim.inputs import Item
     from tipim.lightning.module import ProtectionModule
     from tipim.lightning.photo_data import PhotoFolder, collate_photos
     from tipim.zoo.registry import artifact_path
 
     Image.fromarray(big_photo(2000)).save(tmp_path / "closeup.png")
-    items = [PhotoItem("team", str(artifact_path("demo-gdp"))), PhotoItem("closeup", str(tmp_path / "closeup.png"))]
+    items = [Item("team", str(artifact_path("demo-gdp"))), Item("closeup", str(tmp_path / "closeup.png"))]
     folder = PhotoFolder(items, multi="all")
     batch = collate_photos([folder[0], folder[1]])
     module = ProtectionModule(steps=1)

@@ -12,7 +12,9 @@ from tipim.files import IMAGE_SUFFIXES, LOCK_NAME, READABLE, read_jsonl
 
 
 @dataclass(frozen=True)
-class PhotoItem:
+class Item:
+    """One input of a run, a photo or an aligned face: what names its outputs, and where it is read."""
+
     id: str  # names the output: relative path without suffix, unique within a run
     path: str  # the source as the user gave it (joined with the folder they passed)
 
@@ -60,12 +62,12 @@ def _walk(folder: Path, exclude: set[str], seen: set[str], ignored: list[Ignored
             ignored.append(Ignored(str(path), f"not a photo ({path.suffix.lower() or 'no suffix'})"))
 
 
-def _unique_ids(pairs: list[tuple[str, str, Path]]) -> list[PhotoItem]:
+def _unique_ids(pairs: list[tuple[str, str, Path]]) -> list[Item]:
     """``(id, longer id, path)``: ids that clash (``a.jpg`` beside ``a.png``; two ``me.jpg`` from
     two folders) take their longer form (suffix kept, folders named), so outputs never collide
     and a re-run finds the same ids."""
     count = Counter(i for i, _, _ in pairs)
-    out = [PhotoItem(long if count[pid] > 1 else pid, str(path)) for pid, long, path in pairs]
+    out = [Item(long if count[pid] > 1 else pid, str(path)) for pid, long, path in pairs]
     ids = Counter(i.id for i in out)
     if max(ids.values(), default=1) > 1:
         clash = sorted(i for i, n in ids.items() if n > 1)
@@ -73,7 +75,7 @@ def _unique_ids(pairs: list[tuple[str, str, Path]]) -> list[PhotoItem]:
     return out
 
 
-def find_photos(sources: list[str] | str, root: str | None = None, exclude: list[str | Path] = ()) -> tuple[list[PhotoItem], list[Ignored]]:
+def find_photos(sources: list[str] | str, root: str | None = None, exclude: list[str | Path] = ()) -> tuple[list[Item], list[Ignored]]:
     """Photo files and folders (recursively), or a ``protocol.json`` (the photos its probes
     were aligned from, found through the aligned root's ``alignment.jsonl``). Returns the photos
     sorted by id, and the files that will not be read, each with its reason."""
@@ -114,4 +116,4 @@ def describe_ignored(ignored: list[Ignored]) -> str:
     return f"{len(ignored)} files not read: " + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-__all__ = ["Ignored", "PhotoItem", "describe_ignored", "find_photos", "READABLE"]
+__all__ = ["Ignored", "Item", "describe_ignored", "find_photos", "READABLE"]

@@ -5,7 +5,6 @@ batch-level MMD term (and every seed) is identical with 1 or N processes."""
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -13,15 +12,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from tipim.files import IMAGE_SUFFIXES, ImageReadError, list_images, load_rgb, read_jsonl
+from tipim.inputs import Item
 from tipim.lightning.batches import CropBatch
 
 FACE_SIZE = 112
-
-
-@dataclass(frozen=True)
-class FaceItem:
-    id: str  # relative path without suffix: unique, stable, names the output
-    path: str
 
 
 def _protocol(source: Path, root: str | Path | None) -> tuple[dict, Path]:
@@ -31,23 +25,23 @@ def _protocol(source: Path, root: str | Path | None) -> tuple[dict, Path]:
     return proto, Path(root or proto["root"])
 
 
-def scan_faces(source: str | Path, root: str | Path | None = None) -> list[FaceItem]:
+def scan_faces(source: str | Path, root: str | Path | None = None) -> list[Item]:
     """Aligned faces from a folder tree, an image file, an ``alignment.jsonl`` (its ``ok`` lines),
     or a ``protocol.json`` (its probes; paths relative to ``root`` or the protocol's root)."""
     source = Path(source)
     if source.suffix == ".json":
         proto, base = _protocol(source, root)
-        items = [FaceItem(str(Path(p["path"]).with_suffix("")), str(base / p["path"])) for p in proto["probes"]]
+        items = [Item(str(Path(p["path"]).with_suffix("")), str(base / p["path"])) for p in proto["probes"]]
     elif source.suffix == ".jsonl":
         if not source.is_file():
             raise FileNotFoundError(f"{source} does not exist; make it with: tipim data align --src PHOTOS --out DIR")
         root = source.parent
         latest = {r["source"]: r for r in read_jsonl(source)}
-        items = [FaceItem(str(Path(r["output"]).relative_to(root).with_suffix("")), r["output"]) for r in latest.values() if r.get("status") == "ok" and r.get("output")]
+        items = [Item(str(Path(r["output"]).relative_to(root).with_suffix("")), r["output"]) for r in latest.values() if r.get("status") == "ok" and r.get("output")]
     elif source.is_file():
-        items = [FaceItem(source.stem, str(source))]
+        items = [Item(source.stem, str(source))]
     elif source.is_dir():
-        items = [FaceItem(str(p.relative_to(source).with_suffix("")), str(p)) for p in list_images(source)]
+        items = [Item(str(p.relative_to(source).with_suffix("")), str(p)) for p in list_images(source)]
     else:
         raise FileNotFoundError(f"faces: {source} is neither a folder, an image nor an alignment.jsonl")
     ids = [i.id for i in items]
@@ -92,7 +86,7 @@ def load_targets(source: str | Path, root: str | Path | None = None) -> tuple[li
 
 
 class FaceFolder(Dataset):
-    def __init__(self, items: list[FaceItem]):
+    def __init__(self, items: list[Item]):
         self.items = items
 
     def __len__(self) -> int:
@@ -239,7 +233,7 @@ class ProtectDataModule(RunData):
         super().__init__(targets, output_dir, batch_size, num_workers, limit, limit_seed, root)
         self.faces = faces
 
-    def find(self) -> list[FaceItem]:
+    def find(self) -> list[Item]:
         items = scan_faces(self.faces, self.root)
         if not items:
             raise ValueError(f"no faces found in {self.faces}")
@@ -276,4 +270,4 @@ class ProtectDataModule(RunData):
         return [ProtectedImageWriter(self.output_dir), RunProgress("face")]
 
 
-__all__ = ["FaceFolder", "FaceItem", "ProtectDataModule", "RunData", "ShardedBatches", "load_face", "load_targets", "scan_faces"]
+__all__ = ["FaceFolder", "ProtectDataModule", "RunData", "ShardedBatches", "load_face", "load_targets", "scan_faces"]

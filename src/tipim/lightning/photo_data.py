@@ -16,7 +16,7 @@ from torch.utils.data import Dataset
 
 from tipim.align.aligner import DETECT_SIZE
 from tipim.align.paste import face_region, grid_matrix, mask_grid_factor, region_matrix, to_grid
-from tipim.inputs import Ignored, PhotoItem, describe_ignored, find_photos
+from tipim.inputs import Ignored, Item, describe_ignored, find_photos
 from tipim.files import MAX_PIXELS, READABLE, ImageReadError, load_rgb, read_jsonl
 from tipim.lightning.batches import PhotoBatch
 from tipim.lightning.callbacks import RunProgress
@@ -30,7 +30,7 @@ NO_FACE_HINT = "no face found; use a photo where the face is visible and at leas
 class PhotoFolder(Dataset):
     """Decodes a photo and aligns all its faces; problems become an ``error`` for the writer."""
 
-    def __init__(self, items: list[PhotoItem], multi: str = "all", max_pixels: int = MAX_PIXELS, detect_size: int = DETECT_SIZE):
+    def __init__(self, items: list[Item], multi: str = "all", max_pixels: int = MAX_PIXELS, detect_size: int = DETECT_SIZE):
         self.items, self.multi, self.max_pixels, self.detect_size = items, multi, max_pixels, detect_size
         self._aligner = None
 
@@ -49,7 +49,7 @@ class PhotoFolder(Dataset):
         row = self._load(self.items[i])
         return row | {"load_seconds": time.perf_counter() - start}
 
-    def _load(self, item: PhotoItem) -> dict:
+    def _load(self, item: Item) -> dict:
         row = {"id": item.id, "source": item.path, "photo": None, "regions": [], "rects": [], "grids": [], "matrices": torch.zeros(0, 2, 3),
                "region_matrices": torch.zeros(0, 2, 3), "boxes": [], "error": "", "status": "ok"}
         try:
@@ -147,7 +147,7 @@ class PhotoDataModule(RunData):
             self.targets = str(default_targets())
         super().setup(stage)
 
-    def find(self) -> list[PhotoItem]:
+    def find(self) -> list[Item]:
         if not self.photos:
             raise ValueError(NO_PHOTOS)
         found, self.ignored = find_photos(self.photos, self.root, exclude=[self.output_dir])
