@@ -158,7 +158,7 @@ def test_a_runs_saved_config_builds_the_same_run_again(photo_run):
     a = again.model.attack
     assert again.model.method == "tipim-fast" and again.model.steps == 3 and a.objective.away == 4.0
     assert type(a.transform).__name__ == "PostingTransform" and a.selector.every == 5
-    assert again.datamodule.photos == [str(photo_run["in"])] and again.model.output_dir == str(photo_run["out"])
+    assert again.datamodule.photos == [str(photo_run["in"])] and again.datamodule.output_dir == str(photo_run["out"])
 
 
 def test_commands_other_than_protect_do_not_import_lightning():
@@ -422,12 +422,12 @@ def test_one_parser_takes_photos_or_a_config_and_says_which_options_belong_to_wh
     from tipim.lightning.cli import build_protect
 
     faces = build_protect(["--config", "configs/protect.yaml", "--config", "configs/method/mim.yaml", "--out", str(tmp_path / "m")])
-    assert type(faces.datamodule).__name__ == "ProtectDataModule" and faces.model.output_dir == str(tmp_path / "m")
+    assert type(faces.datamodule).__name__ == "ProtectDataModule" and faces.datamodule.output_dir == str(tmp_path / "m")
     assert faces.model.method == "mim" and faces.model.attack.objective.away == 1.0 and faces.model.attack.transform is None
     assert build_protect(["--config", "configs/protect.yaml"]).model.attack.objective.away == 1.0  # the paper's weighting
     photos = build_protect(["a.jpg", "b/", "--out", str(tmp_path / "p"), "--format", "jpeg", "--data.batch_size", "2"])
     assert photos.datamodule.photos == ["a.jpg", "b/"] and photos.datamodule.output_format == "jpeg"
-    assert photos.datamodule.batch_size == 2 and photos.model.output_dir == str(tmp_path / "p")
+    assert photos.datamodule.batch_size == 2 and photos.datamodule.output_dir == str(tmp_path / "p")
     r = run_tipim(["protect", "--config", "configs/protect.yaml", "--format", "jpeg"])
     assert r.returncode == 2 and "--format is an option for photos" in r.stderr
     r = run_tipim(["protect", "me.jpg", "--config", "configs/protect.yaml"])

@@ -83,7 +83,7 @@ def test_single_process_run_writes_every_face_within_eps(single_run, demo_data):
 
     again = build_protect(["--config", str(out / "config.yaml")])  # the saved config rebuilds the run, its nulls included:
     assert again.model.method == "mim" and again.model.attack.transform is None and again.model.attack.objective.away == 1.0  # not the photo defaults
-    assert type(again.datamodule).__name__ == "ProtectDataModule" and again.model.output_dir == str(out)
+    assert type(again.datamodule).__name__ == "ProtectDataModule" and again.datamodule.output_dir == str(out)
 
 
 @pytest.mark.slow

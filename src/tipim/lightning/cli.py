@@ -76,7 +76,7 @@ class RunConfigSaver(SaveConfigCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
-            out = Path(pl_module.output_dir)
+            out = Path(self.config.data.init_args.output_dir)
             out.mkdir(parents=True, exist_ok=True)
             config = self.config.clone()
             chosen = " ".join(f"--{k} {config[k]}" for k in OVERLAYS if k != "robust") + (" --robust" if config.robust else " --no-robust")
@@ -171,9 +171,6 @@ class ProtectCLI(LightningCLI):
                        "configs/method/*.yaml for the paper's methods); several are applied in order")
         return p
 
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.link_arguments("data.init_args.output_dir", "model.output_dir")
-
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """One parse, from the overlays the command line chooses; then the photos and their flags.
         ``--print_config`` shows the result of both, and stops."""
@@ -217,7 +214,6 @@ def resolve(cfg: Namespace, need_photos: bool = True) -> Namespace:
         data[key] = value
     if need_photos and photos and not data.photos:
         raise ValueError(f"{NO_PHOTOS}, or --config configs/protect.yaml for aligned faces")
-    cfg.model.output_dir = data.output_dir
     return cfg
 
 
@@ -263,8 +259,8 @@ def run(protect: ProtectCLI) -> int:
     lock = None
     try:
         if _lead_rank():  # one run per folder; what a killed run left half-written goes first
-            lock = RunLock(model.output_dir).acquire()
-            remove_partials(model.output_dir)
+            lock = RunLock(data.output_dir).acquire()
+            remove_partials(data.output_dir)
         trainer.predict(model, datamodule=data, return_predictions=False)
     finally:
         if lock is not None:

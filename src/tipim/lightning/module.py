@@ -62,7 +62,6 @@ class ProtectionModule(L.LightningModule):
         compile: ``torch.compile`` the surrogate (``true``: inductor, or a backend's name): for GPUs,
             where it is 2.5-2.7x on the engine; slower on a small CPU (``IdentityMaskAttack``).
         seed: run seed; each batch's randomness derives from it and the batch's image ids.
-        output_dir: the run folder (images, manifest.jsonl, config.yaml).
         log_images: faces to show once in an image-capable logger (W&B); 0 sends no face anywhere.
     """
 
@@ -91,7 +90,6 @@ class ProtectionModule(L.LightningModule):
         grad_mode: str = "loop",
         compile: bool | str = False,
         seed: int = 0,
-        output_dir: str = "runs/protect",
         log_images: int = 0,
     ):
         super().__init__()
@@ -120,7 +118,7 @@ class ProtectionModule(L.LightningModule):
             feature_dropout=feature_dropout,
             compile=compile,
         )
-        self.method, self.seed, self.output_dir, self.steps = method, seed, output_dir, steps
+        self.method, self.seed, self.steps = method, seed, steps
         self.log_images = log_images
         self.on_faces_attacked = None  # (done, total) after each bucket of a photo batch: a progress bar's hook
         self.target_names: list[str] = []
