@@ -478,3 +478,19 @@ def test_the_config_tree_ships_in_the_package():
     assert len(files) >= 20
     shipped = lambda f: any(len(PurePosixPath(p).parts) == len(f.parts) and f.match(p) for p in patterns)  # noqa: E731
     assert [f for f in files if not shipped(f)] == []
+
+
+def test_configs_named_as_in_the_readme_are_found_in_the_package_from_any_folder(tmp_path, monkeypatch):
+    """After ``pip install`` there is no configs/ folder beside the user: ``--config
+    configs/method/mim.yaml`` (or ``method/mim.yaml``) reads the shipped file; a file of the user's
+    own with that name wins, and a name that is nowhere is still an error."""
+    from tipim.lightning.cli import build_protect
+
+    monkeypatch.chdir(tmp_path)
+    run = build_protect(["--config", "configs/protect.yaml", "--config=method/mim.yaml", "--out", "m"])
+    assert type(run.datamodule).__name__ == "ProtectDataModule" and run.model.method == "mim"
+    (tmp_path / "method").mkdir()
+    (tmp_path / "method" / "mim.yaml").write_text("model:\n  method: my-mim\n")
+    assert build_protect(["--config", "configs/protect.yaml", "-c", "method/mim.yaml"]).model.method == "my-mim"
+    with pytest.raises(SystemExit):
+        build_protect(["--config", "configs/nowhere.yaml"])

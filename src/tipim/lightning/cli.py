@@ -69,6 +69,25 @@ def overlay_choice(parser, args: list[str]) -> tuple[str, str, bool]:
     return known.preset, known.goal, known.robust
 
 
+def packaged_config(path: str) -> str:
+    """``configs/method/tipim.yaml`` (or ``method/tipim.yaml``) where there is no such file here:
+    the file of the tree shipped in the package, so the README's commands work after ``pip install``."""
+    if Path(path).exists():
+        return path
+    shipped = CONFIGS / Path(path).as_posix().removeprefix("configs/")
+    return str(shipped) if shipped.is_file() else path
+
+
+def with_packaged_configs(args: list[str]) -> list[str]:
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg in ("-c", "--config") and i + 1 < len(out):
+            out[i + 1] = packaged_config(out[i + 1])
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + packaged_config(arg.removeprefix("--config="))
+    return out
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Write the resolved config beside the run's outputs and give it to every logger (W&B
     shows it as the run config), on rank 0. What ``--preset``, ``--goal`` and ``--robust`` chose
@@ -178,7 +197,7 @@ class ProtectCLI(LightningCLI):
             print(short_help(parser), end="")
             raise SystemExit(2)
         show = [a for a in args if a.startswith("--print_config")]
-        args = [a for a in args if a not in show]
+        args = with_packaged_configs([a for a in args if a not in show])
         chosen = overlay_choice(parser, args)
         if chosen[0] in presets() and chosen[1] in goals():  # else the parse names the valid choices
             parser.default_config_files = overlay_files(*chosen)
