@@ -4,7 +4,8 @@
 #   scripts/same_bytes.sh BASE_REV        (about 3-5 minutes on 2 cores; needs ../shared/data/lfw)
 # The sample: 3 LFW photos, the packaged 4-face team photo and a corrupt file through
 # `tipim protect` (balanced preset, 5 steps, no self-check), and the same faces' aligned crops
-# through configs/protect.yaml + configs/method/tipim.yaml (5 steps).
+# through configs/protect.yaml + configs/method/tipim.yaml (5 steps). Against a commit before
+# 2c7bc87 the manifests differ in eps / eps_levels (that commit renamed the key), and only there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BASE=${1:?usage: scripts/same_bytes.sh BASE_REV}
@@ -22,15 +23,17 @@ PYTHONPATH="$W/base/src" $PY -m tipim.cli data align --src "$W/in" --out "$W/ali
 
 run() {  # run SRC OUT: the sample with the code of SRC
   mkdir -p "$2"
-  PYTHONPATH="$1/src" $PY -m tipim.cli protect "$W/in" --out "$2/photos" --model.steps 5 --check none > "$2/photos.log" 2>&1 || true
+  rc=0; PYTHONPATH="$1/src" $PY -m tipim.cli protect "$W/in" --out "$2/photos" --model.steps 5 --check none > "$2/photos.log" 2>&1 || rc=$?
+  [ "$rc" = 1 ] || { echo "the photo run at $1 should exit 1 (the corrupt file), not $rc: $2/photos.log" >&2; exit 1; }
   PYTHONPATH="$1/src" $PY -m tipim.cli protect --config "$1/configs/protect.yaml" --config "$1/configs/method/tipim.yaml" \
     --model.steps 5 --data.faces "$W/aligned/alignment.jsonl" --data.targets "$TARGETS" --data.output_dir "$2/crops" \
     --trainer.accelerator cpu > "$2/crops.log" 2>&1
-  (cd "$2" && find . -type f \( -name '*.png' -o -name '*.jpg' \) | sort | xargs sha256sum)
+  (cd "$2" && find . -type f \( -name '*.png' -o -name '*.jpg' \) | sort | xargs -r sha256sum)
 }
 run "$W/base" "$W/out_base" > "$W/base.sums"
 run "$PWD" "$W/out_head" > "$W/head.sums"
 echo "written images: $(wc -l < "$W/head.sums") at the working tree, $(wc -l < "$W/base.sums") at $BASE"
+[ -s "$W/head.sums" ] || { echo "no image written: see the logs"; exit 1; }
 diff "$W/base.sums" "$W/head.sums" && echo "images: the same bytes" || { echo "images: DIFFERENT"; exit 1; }
 sha256sum "$W/head.sums" | cut -c1-16 | sed 's/^/digest of the image sums: /'
 $PY - "$W/out_base" "$W/out_head" <<'EOF'

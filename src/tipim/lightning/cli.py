@@ -11,7 +11,9 @@ the resolved config is written to ``<output_dir>/config.yaml``.
 from __future__ import annotations
 
 import argparse
+import glob
 from pathlib import Path
+from typing import Union
 
 from jsonargparse import ActionConfigFile, Namespace
 from lightning.pytorch import Trainer
@@ -50,7 +52,11 @@ def preset_summary(path: Path) -> str:
 
 def overlay_files(preset: str, goal: str, robust: bool) -> list[Path]:
     """The default config files that a photo run's ``--preset``, ``--goal`` and ``--robust`` stand for."""
-    return [CONFIGS / "photos.yaml", presets()[preset], goals()[goal], CONFIGS / "robust" / ("on.yaml" if robust else "off.yaml")]
+    files = [CONFIGS / "photos.yaml", presets()[preset], goals()[goal], CONFIGS / "robust" / ("on.yaml" if robust else "off.yaml")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"the package's config tree lacks {', '.join(missing)}; reinstall tipim (pip install .)")
+    return files
 
 
 def method_name(preset: str, goal: str, robust: bool) -> str:
@@ -61,21 +67,33 @@ def method_name(preset: str, goal: str, robust: bool) -> str:
 def overlay_choice(parser, args: list[str]) -> tuple[str, str, bool]:
     """What the command line chooses for ``--preset``, ``--goal`` and ``--robust`` (the parser's
     defaults where it does not): read before the parse, as the parse starts from the overlays."""
-    scan = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
-    scan.add_argument("--preset", default=parser.get_default("preset"))
-    scan.add_argument("--goal", default=parser.get_default("goal"))
-    scan.add_argument("--robust", action=argparse.BooleanOptionalAction, default=parser.get_default("robust"))
-    known, _ = scan.parse_known_args(args)
+    defaults = tuple(parser.get_default(k) for k in OVERLAYS)
+    scan = _Scan(add_help=False, allow_abbrev=False)
+    scan.add_argument("--preset", default=defaults[0])
+    scan.add_argument("--goal", default=defaults[1])
+    scan.add_argument("--robust", action=argparse.BooleanOptionalAction, default=defaults[2])
+    try:
+        known, _ = scan.parse_known_args(args)
+    except ValueError:  # e.g. --preset without a value: the parse itself says what is wrong
+        return defaults
     return known.preset, known.goal, known.robust
+
+
+class _Scan(argparse.ArgumentParser):
+    def error(self, message):
+        raise ValueError(message)
 
 
 def packaged_config(path: str) -> str:
     """``configs/method/tipim.yaml`` (or ``method/tipim.yaml``) where there is no such file here:
     the file of the tree shipped in the package, so the README's commands work after ``pip install``."""
-    if Path(path).exists():
+    try:
+        if Path(path).exists() or Path(path).is_absolute() or ".." in Path(path).parts or "\n" in path:
+            return path  # the user's own file, or a config given inline
+        shipped = CONFIGS / Path(path).as_posix().removeprefix("configs/")
+        return str(shipped) if shipped.is_file() else path
+    except OSError:  # a name too long for a path: an inline config
         return path
-    shipped = CONFIGS / Path(path).as_posix().removeprefix("configs/")
-    return str(shipped) if shipped.is_file() else path
 
 
 def with_packaged_configs(args: list[str]) -> list[str]:
@@ -88,6 +106,19 @@ def with_packaged_configs(args: list[str]) -> list[str]:
     return out
 
 
+def dump_run_config(parser, config: Namespace, **kwargs) -> str:
+    """A run's config as YAML, what ``--preset``, ``--goal`` and ``--robust`` chose named in its
+    first line rather than as keys: their settings are in the model block, so ``--config`` on it
+    rebuilds the run whatever the command line chooses."""
+    config = config.clone()
+    chosen = " ".join(f"--{k} {config[k]}" for k in OVERLAYS if k != "robust") + (" --robust" if config.robust else " --no-robust")
+    for key in OVERLAYS:
+        del config[key]
+    # a config of aligned faces sets its own model block: the three do not reach it
+    header = f"# tipim protect {chosen} (their settings are below)\n" if _is_photos(config.data.class_path) else ""
+    return header + parser.dump(config, skip_unset=False, **kwargs)
+
+
 class RunConfigSaver(SaveConfigCallback):
     """Write the resolved config beside the run's outputs and give it to every logger (W&B
     shows it as the run config), on rank 0. What ``--preset``, ``--goal`` and ``--robust`` chose
@@ -97,14 +128,8 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero:
             out = Path(self.config.data.init_args.output_dir)
             out.mkdir(parents=True, exist_ok=True)
-            config = self.config.clone()
-            chosen = " ".join(f"--{k} {config[k]}" for k in OVERLAYS if k != "robust") + (" --robust" if config.robust else " --no-robust")
-            for key in OVERLAYS:
-                del config[key]
-            # a config of aligned faces sets its own model block: the three do not reach it
-            self.parser.dump_header = [f"tipim protect {chosen} (their settings are below)"] if _is_photos(config.data.class_path) else None
-            self.parser.save(config, out / "config.yaml", skip_unset=False, overwrite=True, multifile=False)
-            flat = {k: v for k, v in self.config.as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
+            (out / "config.yaml").write_text(dump_run_config(self.parser, self.config))
+            flat = {k: v for k, v in self.config.clone(with_meta=False).as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
             for logger in trainer.loggers:
                 logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
 
@@ -145,6 +170,7 @@ class ProtectCLI(LightningCLI):
     def init_parser(self, **kwargs) -> LightningArgumentParser:
         p = LightningArgumentParser(
             prog="tipim protect",
+            allow_abbrev=False,  # --pre would mean --preset to the parse but not to overlay_choice
             usage="tipim protect PHOTO... [options]   (tipim protect --help: the options for photos; --help-all: every option)",
             description="Protect photos: every face in each photo gets an identity mask (TIP-IM); the rest of the photo is "
             "untouched. Aligned face sets and protocols take a --config instead of photos.",
@@ -190,6 +216,9 @@ class ProtectCLI(LightningCLI):
                        "configs/method/*.yaml for the paper's methods); several are applied in order")
         return p
 
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument("--seed_everything", type=Union[bool, int], default=0, help="seed of the run (True: a random one)")
+
     def parse_arguments(self, parser: LightningArgumentParser, args: list[str]) -> None:
         """One parse, from the overlays the command line chooses; then the photos and their flags.
         ``--print_config`` shows the result of both, and stops."""
@@ -200,19 +229,19 @@ class ProtectCLI(LightningCLI):
         args = with_packaged_configs([a for a in args if a not in show])
         chosen = overlay_choice(parser, args)
         if chosen[0] in presets() and chosen[1] in goals():  # else the parse names the valid choices
-            parser.default_config_files = overlay_files(*chosen)
+            parser.default_config_files = [glob.escape(str(f)) for f in overlay_files(*chosen)]  # read as glob patterns
             parser.set_defaults({"model.method": method_name(*chosen)})
         self.config = parser.parse_args(args)  # LightningCLI's own parse_arguments only adds a warning about sys.argv
         picked = tuple(self.config[k] for k in OVERLAYS)
         if picked != chosen:
-            key, value = next((k, v) for k, v, c in zip(OVERLAYS, picked, chosen) if v != c)
+            key, value, line = next((k, v, c) for k, v, c in zip(OVERLAYS, picked, chosen) if v != c)
             flag = f"--{key} {value}" if key != "robust" else ("--robust" if value else "--no-robust")
-            raise ValueError(f"{key}: {value} in a config file does nothing, as the parse starts from what the command line "
-                             f"chooses: give {flag} on the command line, or delete the line (a run folder's config.yaml "
-                             "holds what these chose in its model block)")
+            raise ValueError(f"a config file sets {key}: {value}, but the command line chose {line} and the parse starts from "
+                             f"what the command line chooses: give {flag} on the command line, or delete that line of the config "
+                             "(a run's config.yaml holds what these chose in its model block)")
         self.config = resolve(self.config, need_photos=not show)
         if show:
-            print(parser.dump(self.config, skip_unset=False, skip_default="skip_default" in show[0]), end="")
+            print(dump_run_config(parser, self.config, skip_default="skip_default" in show[0]), end="")
             raise SystemExit(0)
 
 
