@@ -23,7 +23,14 @@ from tipim.lightning.data import RunData
 from tipim.lightning.module import ProtectionModule
 from tipim.lightning.photo_data import NO_PHOTOS, PhotoDataModule
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the repository's configs/, shipped in the package
+def _config_tree() -> Path:
+    """The repository's configs/, shipped in the package as tipim/configs (a symbolic link in a
+    clone; a checkout without links, as on Windows, has a small file there: then the clone's own)."""
+    here = Path(__file__).resolve().parents[1] / "configs"
+    return here if here.is_dir() else Path(__file__).resolve().parents[3] / "configs"
+
+
+CONFIGS = _config_tree()
 TRAINER_DEFAULTS = {
     "inference_mode": False,  # the attack needs gradients inside predict
     "use_distributed_sampler": False,  # RunData deals whole batches to ranks
