@@ -1,13 +1,16 @@
-import contextlib
-import io
 import os
-import subprocess
-from pathlib import Path
-from unittest import mock
 
-import pytest
-import torch
-from PIL import Image
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")  # as the tipim command sets it, before torch loads OpenMP
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+from unittest import mock  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")  # tests run on the CPU, whatever the machine has

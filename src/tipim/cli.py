@@ -4,8 +4,14 @@ only what it needs."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
+
+# Before torch loads OpenMP: its idle threads spin for a long while by default, which on a small
+# machine busy with anything else made a run 3-9x slower; a short spin keeps the quiet speed
+# (benchmarks/results/omp_spin.md). A value the user set wins.
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from jsonargparse import ArgumentParser
 
