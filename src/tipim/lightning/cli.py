@@ -113,12 +113,17 @@ def with_packaged_configs(args: list[str]) -> list[str]:
     return out
 
 
+def as_flag(key: str, value) -> str:
+    """One of the three choices as the command line gives it: ``--preset fast``, ``--no-robust``."""
+    return f"--{key} {value}" if key != "robust" else ("--robust" if value else "--no-robust")
+
+
 def dump_run_config(parser, config: Namespace, **kwargs) -> str:
     """A run's config as YAML, what ``--preset``, ``--goal`` and ``--robust`` chose named in its
     first line rather than as keys: their settings are in the model block, so ``--config`` on it
     rebuilds the run whatever the command line chooses."""
     config = config.clone()
-    chosen = " ".join(f"--{k} {config[k]}" for k in OVERLAYS if k != "robust") + (" --robust" if config.robust else " --no-robust")
+    chosen = " ".join(as_flag(k, config[k]) for k in OVERLAYS)
     for key in OVERLAYS:
         del config[key]
     # a config of aligned faces sets its own model block: the three do not reach it
@@ -133,9 +138,10 @@ class RunConfigSaver(SaveConfigCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
+            from tipim.files import atomic_write_bytes
+
             out = Path(self.config.data.init_args.output_dir)
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.yaml").write_text(dump_run_config(self.parser, self.config))
+            atomic_write_bytes(out / "config.yaml", dump_run_config(self.parser, self.config).encode())
             flat = {k: v for k, v in self.config.clone(with_meta=False).as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
             for logger in trainer.loggers:
                 logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
@@ -242,9 +248,8 @@ class ProtectCLI(LightningCLI):
         picked = tuple(self.config[k] for k in OVERLAYS)
         if picked != chosen:
             key, value, line = next((k, v, c) for k, v, c in zip(OVERLAYS, picked, chosen) if v != c)
-            flag = f"--{key} {value}" if key != "robust" else ("--robust" if value else "--no-robust")
             raise ValueError(f"a config file sets {key}: {value}, but the command line chose {line} and the parse starts from "
-                             f"what the command line chooses: give {flag} on the command line, or delete that line of the config "
+                             f"what the command line chooses: give {as_flag(key, value)} on the command line, or delete that line of the config "
                              "(a run's config.yaml holds what these chose in its model block)")
         self.config = resolve(self.config, need_photos=not show)
         if show:
