@@ -138,10 +138,9 @@ class RunConfigSaver(SaveConfigCallback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if trainer.is_global_zero:
-            from tipim.files import atomic_write_bytes
-
             out = Path(self.config.data.init_args.output_dir)
-            atomic_write_bytes(out / "config.yaml", dump_run_config(self.parser, self.config).encode())
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "config.yaml").write_text(dump_run_config(self.parser, self.config))
             flat = {k: v for k, v in self.config.clone(with_meta=False).as_flat().__dict__.items() if not k.startswith("trainer.callbacks")}
             for logger in trainer.loggers:
                 logger.log_hyperparams({k: str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v for k, v in flat.items()})
