@@ -37,8 +37,9 @@ demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (run
 	$(BIN)/tipim data demo --out data/demo
 	$(BIN)/tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --config configs/demo.yaml
 
-bench: setup ## engine vs the official algorithm's loop, ablations, seconds per photo by preset, 12 MP detection (benchmarks/results)
+bench: setup ## engine vs the official algorithm's loop, ablations, the PReLU backward, seconds per photo by preset, 12 MP detection (benchmarks/results)
 	$(BIN)/python benchmarks/bench_engine.py
+	$(BIN)/python benchmarks/bench_prelu.py
 	$(BIN)/python benchmarks/bench_presets.py
 	$(BIN)/python benchmarks/bench_detect.py
 

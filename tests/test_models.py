@@ -159,3 +159,57 @@ def test_timm_checkpoint_loads_without_pickled_code(tmp_path):
     torch.save({"state_dict": net.state_dict(), "evil": _TinyFR()}, tmp_path / "bad.pth")
     with pytest.raises(Exception, match="(?i)weights_only|unsupported|global"):
         TimmEmbedder("resnet18", str(tmp_path / "bad.pth"), embedding_dim=64)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fast_prelu_gradient_is_torchs_to_the_bit(memory_format):
+    from tipim.models.prelu import prelu
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 16, 9, 7, generator=g).contiguous(memory_format=memory_format)
+    x[0, :, 0, :3], x[1, :, 1, :3] = 0.0, -0.0  # exact zeros take the slope, as in torch's kernel
+    up = torch.randn(x.shape, generator=g)
+    for w in (torch.rand(16, generator=g) - 0.3, torch.tensor([0.25]), torch.tensor([-0.5])):  # per channel (some negative), shared
+        a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+        want_y, got_y = F.prelu(a, w), prelu(b, w)
+        (want,), (got,) = torch.autograd.grad(want_y, a, up), torch.autograd.grad(got_y, b, up)
+        assert torch.equal(got_y.view(torch.int32), want_y.view(torch.int32))
+        assert torch.equal(got.view(torch.int32), want.view(torch.int32))  # signed zeros included
+
+
+def test_fast_prelu_passes_gradcheck_and_leaves_trained_slopes_to_torch():
+    from tipim.models.prelu import prelu
+
+    x = (torch.rand(2, 3, 4, 4, dtype=torch.float64) - 0.5).requires_grad_(True)
+    w = torch.tensor([0.1, -0.2, 0.3], dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda v: prelu(v, w), (x,))
+    trained = w.clone().requires_grad_(True)
+    y = prelu(x, trained)
+    assert y.grad_fn.name() != "_PReLUInputGradBackward" and torch.autograd.grad(y.sum(), trained)[0].abs().sum() > 0
+
+
+def test_converted_onnx_prelus_take_the_fast_backward_with_the_same_gradients(zoo):
+    from onnx2torch.node_converters.activations import OnnxPReLU
+
+    from tipim.models.prelu import FastPReLU
+
+    m = zoo("arcface-mbf")
+    fast = [mod for mod in m.net.modules() if isinstance(mod, FastPReLU)]
+    onnx_prelus = [mod for mod in m.net.modules() if type(mod) is OnnxPReLU]
+    assert len(fast) == 34 and {id(f.fallback) for f in fast} == {id(mod) for mod in onnx_prelus}  # each kept only as its fallback
+    x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    v = torch.randn(2, m.dim, generator=torch.Generator().manual_seed(2))
+
+    def grad():
+        xx = x.clone().requires_grad_(True)
+        return torch.autograd.grad(m(xx), xx, v)[0]
+
+    got = grad()
+    for mod in fast:  # torch's own PReLU backward, through the converter's module
+        mod.forward = mod.fallback.forward
+    try:
+        want = grad()
+    finally:
+        for mod in fast:
+            del mod.forward
+    assert torch.equal(got, want)

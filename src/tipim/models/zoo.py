@@ -24,13 +24,16 @@ def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
     Trailing empty optional inputs (``Clip(x, min, "")``) are dropped, since onnx2torch reads them
     as missing constants. With ``batch_free``, a constant ``Reshape`` target that starts with 1 (the
     export's batch) starts with 0 instead, which ONNX reads as "keep the input's first dimension";
-    the zoo test checks the result against onnxruntime image by image.
+    the zoo test checks the result against onnxruntime image by image. PReLUs get the faster CPU
+    backward of ``tipim.models.prelu`` (the same gradients, bit for bit).
     """
     import warnings
 
     import onnx
     from onnx import numpy_helper
     from onnx2torch import convert
+
+    from tipim.models.prelu import speed_up_prelu
 
     # onnx2torch's Slice indexes with a list (a torch deprecation it has not caught up with)
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", category=UserWarning)
@@ -45,7 +48,7 @@ def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
             if shape.size and shape[0] == 1:
                 shape[0] = 0
                 t.CopyFrom(numpy_helper.from_array(shape, t.name))
-    return convert(model)
+    return speed_up_prelu(convert(model))
 
 
 def _zoo_settings(name: str) -> dict:
