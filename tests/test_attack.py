@@ -596,6 +596,24 @@ def test_affine_grid_is_torchs(dtype, tol):
         want = F.affine_grid(theta, [4, 3, h, w], align_corners=False)
         torch.testing.assert_close(affine_grid(theta, h, w), want, atol=tol, rtol=0)
 
+
+def test_a_drawn_choice_is_torch_where_and_skips_what_no_image_takes():
+    """``chosen``: the same values and gradients as ``torch.where`` for all, none and some images,
+    and the changed images are not computed when no image takes them."""
+    from tipim.attack.transforms import chosen
+
+    calls = []
+    for keep in ([True, True], [False, False], [True, False]):
+        x = torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(4)).requires_grad_(True)
+        y = lambda: calls.append(1) or (x * 3).sin()  # noqa: E731
+        mask = torch.tensor(keep)
+        got = chosen(mask, y, x)
+        want = torch.where(mask.view(2, 1, 1, 1), y(), x)
+        assert torch.equal(got, want)
+        assert torch.equal(torch.autograd.grad(got.sum(), x)[0], torch.autograd.grad(want.sum(), x)[0])
+    assert len(calls) == 5  # the (False, False) call computed nothing for ``chosen``
+
+
 def test_shift_then_resize_is_kornias_border_warp_then_resize():
     """``down_up``'s whole-pixel shifts (the posting transform's) are kornia's border-padded
     translation, row and column each way, and compose with the resize in that order."""

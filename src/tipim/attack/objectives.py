@@ -107,13 +107,13 @@ class Naturalness(nn.Module):
         self.gamma, self.views, self.kernel_mul, self.kernel_num, self.min_views, self.group = gamma, views, kernel_mul, kernel_num, min_views, group
 
     def _views(self, x_p: torch.Tensor, x_r: torch.Tensor, v: int, rng) -> tuple[torch.Tensor, torch.Tensor]:
-        from tipim.attack.transforms import affine_warp, draw_affine
+        from tipim.attack.transforms import affine_warp_grid, draw_affine
 
-        b = x_p.shape[0]
+        b, _, h, w = x_p.shape
         angle, shift, scale = (p.flatten(0, 1).to(x_p.device) for p in draw_affine(rng, v, 5.0, 0.05, (0.95, 1.05)))
+        grid = affine_warp_grid(angle, shift, scale, h, w, x_p.dtype, x_p.device)  # one grid, the same warp for both
         # warped apart: the originals' views (no gradient) are then left out of the backward
-        p = affine_warp(x_p.repeat_interleave(v, dim=0), angle, shift, scale)
-        r = affine_warp(x_r.repeat_interleave(v, dim=0), angle, shift, scale)
+        p, r = (F.grid_sample(x.repeat_interleave(v, dim=0), grid, mode="bilinear", padding_mode="border", align_corners=False) for x in (x_p, x_r))
         return p.reshape(b, v, -1), r.reshape(b, v, -1)
 
     def groups(self, b: int, labels: torch.Tensor | None = None, device: torch.device | str = "cpu") -> list[tuple[int, torch.Tensor, list[int]]]:

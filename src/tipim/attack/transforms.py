@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import kornia.filters
 import torch
@@ -23,17 +24,23 @@ from tipim.attack.randomness import PerImageRandom, rng_for, to_device
 def affine_warp(x: torch.Tensor, angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
     """Rotate by ``angle`` degrees about the centre, scale, then shift by ``shift`` (fractions of
     the width/height), per image: ``angle`` and ``scale`` (N,), ``shift`` (N, 2); bilinear."""
-    n, _, h, w = x.shape
-    a = torch.deg2rad(angle.to(x.dtype))
-    cos, sin, s = torch.cos(a), torch.sin(a), scale.to(x.dtype)
+    grid = affine_warp_grid(angle, shift, scale, x.shape[-2], x.shape[-1], x.dtype, x.device)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+
+
+def affine_warp_grid(angle: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, h: int, w: int, dtype: torch.dtype,
+                     device: torch.device) -> torch.Tensor:
+    """``affine_warp``'s sampling grid (N, h, w, 2), for warping several images the same way."""
+    a = torch.deg2rad(angle.to(dtype))
+    cos, sin, s = torch.cos(a), torch.sin(a), scale.to(dtype)
     # output -> input in pixel-centred coordinates, then in affine_grid's [-1, 1] units
     aspect = h / w
-    theta = torch.zeros(n, 2, 3, dtype=x.dtype, device=x.device)
+    theta = torch.zeros(len(angle), 2, 3, dtype=dtype, device=device)
     theta[:, 0, 0], theta[:, 0, 1] = cos / s, sin / s * aspect
     theta[:, 1, 0], theta[:, 1, 1] = -sin / s / aspect, cos / s
-    t = 2 * shift.to(x.dtype)
+    t = 2 * shift.to(dtype)
     theta[:, :, 2] = -(theta[:, :, :2] @ t[:, :, None])[..., 0]
-    return F.grid_sample(x, affine_grid(theta, h, w), mode="bilinear", padding_mode=padding_mode, align_corners=False)
+    return affine_grid(theta, h, w)
 
 
 def affine_grid(theta: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -90,9 +97,9 @@ class RandomAffine(nn.Module):
 
     def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
         rng = rng_for(x, rng)
-        keep = (rng.rand(1, dtype=torch.float64)[:, 0] < self.prob).to(x.device).view(-1, 1, 1, 1)
+        keep = rng.rand(1, dtype=torch.float64, device="cpu")[:, 0] < self.prob
         angle, shift, scale = (p[:, 0].to(x.device) for p in draw_affine(rng, 1, self.degrees, self.translate, self.scale))
-        return torch.where(keep, affine_warp(x, angle, shift, scale), x)
+        return chosen(keep, lambda: affine_warp(x, angle, shift, scale), x)
 
 
 class PostingTransform(nn.Module):
@@ -145,9 +152,18 @@ class PostingTransform(nn.Module):
             sigma = self.blur[0] + (self.blur[1] - self.blur[0]) * rng.rand(1, dtype=torch.float64, device="cpu")[:, 0]
             x = torch.cat([_gaussian_blur(x[i : i + 1], float(s)) for i, s in enumerate(sigma.tolist())])
         q = to_device((self.quality[0] + (self.quality[1] - self.quality[0]) * u[:, 3]).to(x.dtype), x.device)
-        y = jpeg_round_trip(x.clamp(0, 1), q)
-        keep = to_device(u[:, 4] < self.jpeg_prob, x.device).view(b, 1, 1, 1)
-        return torch.where(keep, y, x)
+        return chosen(u[:, 4] < self.jpeg_prob, lambda: jpeg_round_trip(x.clamp(0, 1), q), x)
+
+
+def chosen(keep: torch.Tensor, changed: Callable[[], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """``torch.where(keep, changed(), x)`` per image, ``keep`` (B,) a CPU mask drawn from the images'
+    streams: ``changed`` is not computed when no image takes it, and no select runs when every
+    image does (a lone face always): on the CPU the select and its backward cost about as much as
+    a small convolution. The same values and gradients either way."""
+    if not bool(keep.any()):
+        return x
+    y = changed()
+    return y if bool(keep.all()) else torch.where(to_device(keep, x.device).view(-1, *[1] * (x.dim() - 1)), y, x)
 
 
 def down_up(x: torch.Tensor, sizes: list[tuple[int, int] | None], shifts: list[tuple[int, int]] | None = None) -> torch.Tensor:
@@ -200,4 +216,4 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
 
 
-__all__ = ["PostingTransform", "RandomAffine", "ResizePad", "affine_grid", "affine_warp", "draw_affine"]
+__all__ = ["PostingTransform", "RandomAffine", "ResizePad", "affine_grid", "affine_warp", "affine_warp_grid", "draw_affine"]
