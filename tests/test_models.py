@@ -188,6 +188,24 @@ def test_fast_prelu_passes_gradcheck_and_leaves_trained_slopes_to_torch():
     assert y.grad_fn.name() != "_PReLUInputGradBackward" and torch.autograd.grad(y.sum(), trained)[0].abs().sum() > 0
 
 
+
+def test_fast_prelu_under_batched_gradients_and_torch_compile():
+    """The engine's ``grad_mode='batched'`` (one vmapped backward for K cotangents) and its
+    ``compile`` option both go through the custom backward: the same gradients as torch's."""
+    from tipim.models.prelu import prelu
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 4, 5, 5, generator=g)
+    w = torch.rand(4, generator=g) - 0.2
+    cot = torch.randn(3, *x.shape, generator=g)
+    a, b = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    want = torch.autograd.grad(F.prelu(a, w), a, cot, is_grads_batched=True)[0]
+    got = torch.autograd.grad(prelu(b, w), b, cot, is_grads_batched=True)[0]
+    assert torch.equal(got, want)
+    c = x.clone().requires_grad_(True)
+    compiled = torch.compile(lambda v: prelu(v, w) * 2, backend="aot_eager")
+    assert torch.equal(torch.autograd.grad(compiled(c), c, cot[0])[0], torch.autograd.grad(F.prelu(a, w) * 2, a, cot[0])[0])
+
 def test_converted_onnx_prelus_take_the_fast_backward_with_the_same_gradients(zoo):
     from onnx2torch.node_converters.activations import OnnxPReLU
 
