@@ -42,15 +42,16 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 class FastPReLU(nn.Module):
     """onnx2torch's ``OnnxPReLU`` call, ``(input, slope)`` with the slope a graph constant, through
     ``prelu``; a slope of another shape than one per channel (or one for all) keeps the
-    converter's own formula."""
+    converter's own formula. ``fast = False`` runs the converter's module (torch's backward), for
+    comparing the two."""
 
     def __init__(self, fallback: nn.Module):
         super().__init__()
-        self.fallback = fallback
+        self.fallback, self.fast = fallback, True
 
     def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
         per_channel = slope.numel() == 1 or (x.dim() > 1 and slope.shape[0] == x.shape[1] and all(s == 1 for s in slope.shape[1:]))
-        if not per_channel or torch.onnx.is_in_onnx_export():
+        if not (self.fast and per_channel) or torch.onnx.is_in_onnx_export():
             return self.fallback(x, slope)
         return prelu(x, slope.reshape(-1))
 
