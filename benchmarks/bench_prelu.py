@@ -1,7 +1,8 @@
-"""The surrogate's forward and backward with ``tipim.models.prelu``'s PReLU backward against
-torch's own (``FastPReLU.fast = False``), interleaved in one process on this machine: arcface-mbf,
-the balanced preset's surrogate, at batch 1 (a lone photo's step) and batch 8 (an album's MMD
-group), channels-last as the attack runs it. Also checks that the input gradients are equal.
+"""The surrogate's forward and backward with ``tipim.models.prelu``'s PReLU against torch's own
+(``FastPReLU.fast = False``), interleaved in one process on this machine: arcface-mbf, the
+balanced preset's surrogate, at batch 1 (a lone photo's step) and batch 8 (an album's MMD group),
+and one batch-1 forward with 10 backwards through it (the greedy step's K candidate gradients),
+channels-last as the attack runs it. Also checks that the input gradients are equal.
 
     python benchmarks/bench_prelu.py [--rounds 8] [--out benchmarks/results]
 """
@@ -23,13 +24,19 @@ from tipim.models import ZooEmbedder
 from tipim.models.prelu import FastPReLU
 
 
+def gradients(model, x, v) -> list[torch.Tensor]:
+    """One forward, then an input-gradient backward per cotangent in ``v`` (K, B, D)."""
+    xx = x.clone().requires_grad_(True)
+    e = F.normalize(model(xx.contiguous(memory_format=torch.channels_last)), dim=-1)
+    return [torch.autograd.grad(e, xx, vk, retain_graph=k < len(v) - 1)[0] for k, vk in enumerate(v)]
+
+
 def step_ms(model, x, v, repeats: int) -> float:
-    """Median ms of one forward and input-gradient backward."""
+    """Median ms of one forward and its backwards."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        xx = x.clone().requires_grad_(True)
-        torch.autograd.grad(F.normalize(model(xx.contiguous(memory_format=torch.channels_last)), dim=-1), xx, v)
+        gradients(model, x, v)
         times.append(time.perf_counter() - t)
     return statistics.median(times) * 1000
 
@@ -48,23 +55,23 @@ def main():
     model = ZooEmbedder("arcface-mbf").to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     rows = []
-    for batch in (1, 8):
+    for batch, backwards in ((1, 1), (8, 1), (1, 10)):
         x = torch.rand(batch, 3, 112, 112, generator=g)
-        v = torch.randn(batch, model.dim, generator=g)
+        v = torch.randn(backwards, batch, model.dim, generator=g)
         grads = {}
         for name, torchs in (("torch", True), ("fast", False)):
             use_torchs(model, torchs)
-            xx = x.clone().requires_grad_(True)
-            grads[name] = torch.autograd.grad(F.normalize(model(xx.contiguous(memory_format=torch.channels_last)), dim=-1), xx, v)[0]
+            grads[name] = gradients(model, x, v)
         times = {"torch": [], "fast": []}
         for _ in range(a.rounds):
             for name, torchs in (("torch", True), ("fast", False)):
                 use_torchs(model, torchs)
                 step_ms(model, x, v, 3)  # warm
-                times[name].append(step_ms(model, x, v, 20))
+                times[name].append(step_ms(model, x, v, max(3, 20 // backwards)))
         use_torchs(model, False)
-        row = {"batch": batch, "torch_ms": round(statistics.median(times["torch"]), 2), "fast_ms": round(statistics.median(times["fast"]), 2),
-               "same_gradient": bool(torch.equal(grads["torch"], grads["fast"]))}
+        row = {"batch": batch, "backwards": backwards, "torch_ms": round(statistics.median(times["torch"]), 2),
+               "fast_ms": round(statistics.median(times["fast"]), 2),
+               "same_gradient": all(torch.equal(a, b) for a, b in zip(grads["torch"], grads["fast"]))}
         row["speedup"] = round(row["torch_ms"] / row["fast_ms"], 3)
         rows.append(row)
         print(row, flush=True)
@@ -73,12 +80,14 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prelu_backward.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# arcface-mbf forward + input-gradient backward: the fast PReLU backward against torch's ({meta['machine']}, "
+    lines = [f"# arcface-mbf forward + input-gradient backward: tipim's PReLU against torch's ({meta['machine']}, "
              f"{meta['cores']} cores, {meta['threads']} threads, torch {meta['torch']}, {meta['date']})", "",
              "`benchmarks/bench_prelu.py`: both in one process, interleaved over "
-             f"{a.rounds} rounds of 20 steps each; each cell the median of the rounds' medians. Channels-last, fp32.", "",
-             "| batch | torch's PReLU backward (ms) | tipim.models.prelu (ms) | speed-up | same input gradient (bits) |", "|---|---|---|---|---|"]
-    lines += [f"| {r['batch']} | {r['torch_ms']} | {r['fast_ms']} | {r['speedup']}x | {'yes' if r['same_gradient'] else 'NO'} |" for r in rows]
+             f"{a.rounds} rounds of 20 steps each (3 with 10 backwards); each cell the median of the rounds' medians. Channels-last, fp32.", "",
+             "| batch | backwards per forward | torch's PReLU (ms) | tipim.models.prelu (ms) | speed-up | same input gradients (bits) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['batch']} | {r['backwards']} | {r['torch_ms']} | {r['fast_ms']} | {r['speedup']}x | {'yes' if r['same_gradient'] else 'NO'} |"
+              for r in rows]
     (out / "prelu_backward.md").write_text("\n".join(lines) + "\n")
 
 

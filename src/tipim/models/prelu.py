@@ -3,12 +3,15 @@
 torch's CPU PReLU backward (``_prelu_kernel_backward``) also computes the slope's gradient, and
 it is slow: on a 1 x 128 x 56 x 56 activation it takes ~1 ms, 30x its forward (so does a
 per-channel ``torch.where``), and over MobileFaceNet's 34 PReLUs the profiler put it at 13-20% of a batch-1
-forward and backward. The input gradient alone, ``g * (1 if x > 0 else w)``, is built here from three
-vectorised element-wise kernels: ``sign(threshold(x, 0, -1))`` is +1 where x > 0 and -1
-elsewhere, and ``prelu`` of that with slope ``-w`` turns it into 1 or ``w`` exactly. Multiplying
-by exactly 1 or w rounds as torch's kernel does, so the gradient is the same to the bit (tested,
-with exact zeros and negative slopes); fp32 forward and backward of arcface-mbf is
-1.13-1.14x faster at batch 1 and 8 (``benchmarks/results/prelu_backward.md``).
+forward and backward. Here the forward is ``x * d`` with ``d = 1 if x > 0 else w`` (a constant,
+no gradient), built from three vectorised element-wise kernels: ``sign(threshold(x, 0, -1))`` is
++1 where x > 0 and -1 elsewhere, and ``prelu`` of that with slope ``-w`` turns it into 1 or ``w``
+exactly. ``x * 1`` and ``x * w`` are torch's own PReLU values, and autograd's backward of the
+product, ``g * d``, rounds as torch's kernel does, so output and gradient are the same to the
+bit (tested, with exact zeros and negative slopes). The backward is then one C++ kernel: no
+Python in autograd's loop, and several backwards through one graph (the greedy step's K
+candidate gradients) share ``d``. fp32 forward and backward of arcface-mbf:
+``benchmarks/results/prelu_backward.md``.
 """
 
 from __future__ import annotations
@@ -18,25 +21,15 @@ import torch.nn.functional as F
 from torch import nn
 
 
-class _PReLUInputGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, weight)
-        return F.prelu(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
-        return grad * F.prelu(F.threshold(x, 0.0, -1.0).sign_(), -weight), None
-
-
 def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """``F.prelu(x, weight)`` (``weight``: 1 or C slopes for (N, C, ...) inputs). When only ``x``
-    needs a gradient and it is on the CPU, the backward is the vectorised one above; elsewhere
-    (a GPU, a slope being trained, no gradient) it is torch's own."""
+    needs a gradient and it is on the CPU, ``x * d`` as above; elsewhere (a GPU, a slope being
+    trained, no gradient) torch's own."""
     if x.device.type != "cpu" or weight.requires_grad or not (torch.is_grad_enabled() and x.requires_grad):
         return F.prelu(x, weight)
-    return _PReLUInputGrad.apply(x, weight)
+    with torch.no_grad():
+        d = F.prelu(F.threshold(x, 0.0, -1.0).sign_(), -weight)
+    return x * d
 
 
 class FastPReLU(nn.Module):
