@@ -46,21 +46,44 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, k
     """Sum of ``kernel_num`` Gaussian kernels on the rows of [x; y] (last dim = features), their
     bandwidths spread by ``kernel_mul`` around the mean pairwise squared distance (the usual
     multi-kernel MMD of Long et al. 2015, as in the official TIP-IM code). Batched over leading dims."""
-    z = torch.cat([x, y], dim=-2)
-    n = z.shape[-2]
+    n = x.shape[-2] + y.shape[-2]
     # |a|^2 + |b|^2 - 2 a.b from one matrix product per set: faster than cdist's direct loop on a
     # few dozen rows, and a set's sums do not depend on how many sets are computed with it. The
     # norms are the product's diagonal, so a row's distance to itself is exactly 0. Computed
     # outside autocast: the distances cancel norms of ~1e4 down to ~1, below half precision.
-    with torch.autocast(z.device.type, enabled=False):
-        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
-        flat = z.reshape(-1, n, z.shape[-1])
-        gram = torch.stack([m @ m.T for m in flat]).view(*z.shape[:-1], n) if len(flat) else z.new_zeros(*z.shape[:-1], n)
+    with torch.autocast(x.device.type, enabled=False):
+        gram = _Gram.apply(x, y) if x.requires_grad and not y.requires_grad and torch.is_grad_enabled() else _Gram.forward(None, x, y)
     sq = gram.diagonal(dim1=-2, dim2=-1)
     d2 = (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0)
     bandwidth = (d2.detach().sum(dim=(-2, -1), keepdim=True) / max(n * n - n, 1)).clamp_min(1e-12)
     bandwidth = bandwidth / kernel_mul ** (kernel_num // 2)
     return sum(torch.exp(-d2 / (bandwidth * kernel_mul**i)) for i in range(kernel_num))
+
+
+class _Gram(torch.autograd.Function):
+    """Per set, the Gram matrix of the rows of [x; y] (..., n, n), in float32 at least; the
+    backward is ``x``'s rows only (``y``, the originals' views, has no gradient): half of
+    autograd's two (n, n) x (n, d) products, each row the same sums as autograd's."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        z = torch.cat([x, y], dim=-2)
+        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+        n = z.shape[-2]
+        flat = z.reshape(-1, n, z.shape[-1])
+        if ctx is not None:
+            ctx.save_for_backward(flat)
+            ctx.rows, ctx.x_shape, ctx.x_dtype = x.shape[-2], x.shape, x.dtype
+        return torch.stack([m @ m.T for m in flat]).view(*z.shape[:-1], n) if len(flat) else z.new_zeros(*z.shape[:-1], n)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (flat,) = ctx.saved_tensors
+        k, n = ctx.rows, flat.shape[-2]
+        g = grad.reshape(-1, n, n)
+        # autograd's mm backward: G @ m for the left factor, G^T @ m for the right one (m.T), summed
+        rows = [gs[:k] @ m + gs.T[:k] @ m for gs, m in zip(g, flat)]
+        return torch.stack(rows).view(ctx.x_shape).to(ctx.x_dtype) if rows else grad.new_zeros(ctx.x_shape, dtype=ctx.x_dtype), None
 
 
 def mmd(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, kernel_num: int = 5) -> torch.Tensor:
@@ -112,8 +135,10 @@ class Naturalness(nn.Module):
         b, _, h, w = x_p.shape
         angle, shift, scale = (p.flatten(0, 1).to(x_p.device) for p in draw_affine(rng, v, 5.0, 0.05, (0.95, 1.05)))
         grid = affine_warp_grid(angle, shift, scale, h, w, x_p.dtype, x_p.device)  # one grid, the same warp for both
-        # warped apart: the originals' views (no gradient) are then left out of the backward
-        p, r = (F.grid_sample(x.repeat_interleave(v, dim=0), grid, mode="bilinear", padding_mode="border", align_corners=False) for x in (x_p, x_r))
+        # warped apart: the originals' views (no gradient) are then left out of the backward. Each
+        # face's v copies are a broadcast view for a lone face (no copy, forward or backward)
+        p, r = (F.grid_sample(x[:, None].expand(-1, v, -1, -1, -1).flatten(0, 1), grid, mode="bilinear", padding_mode="border", align_corners=False)
+                for x in (x_p, x_r))
         return p.reshape(b, v, -1), r.reshape(b, v, -1)
 
     def groups(self, b: int, labels: torch.Tensor | None = None, device: torch.device | str = "cpu") -> list[tuple[int, torch.Tensor, list[int]]]:
@@ -142,8 +167,12 @@ class Naturalness(nn.Module):
             return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num)
         for n, idx, members in groups if groups is not None else self.groups(b, labels, x_p.device):  # groups of one size are computed together
             if n == 1:
+                views = max(self.views, self.min_views)
+                if members == list(range(b)):  # every face alone (a lone photo): no gather and scatter
+                    p, r = self._views(x_p, x_r, views, rng_for(x_p, rng))
+                    return self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num)
                 one = idx[:, 0]
-                p, r = self._views(x_p[one], x_r[one], max(self.views, self.min_views), rng_for(x_p, rng).subset(members))
+                p, r = self._views(x_p[one], x_r[one], views, rng_for(x_p, rng).subset(members))
                 out = out.index_put((one,), self.gamma * mmd(p, r, self.kernel_mul, self.kernel_num))
                 continue
             term = mmd(x_p[idx].flatten(2), x_r[idx].flatten(2), self.kernel_mul, self.kernel_num)  # (groups,)
