@@ -1,8 +1,10 @@
-"""The surrogate's forward and backward with ``tipim.models.prelu``'s PReLU against torch's own
-(``FastPReLU.fast = False``), interleaved in one process on this machine: arcface-mbf, the
-balanced preset's surrogate, at batch 1 (a lone photo's step) and batch 8 (an album's MMD group),
-and one batch-1 forward with 10 backwards through it (the greedy step's K candidate gradients),
-channels-last as the attack runs it. Also checks that the input gradients are equal.
+"""The surrogate's forward and backward as the zoo loads it (``tipim.models.prelu``: PReLUs and
+convolutions called as functions, the PReLU's one-kernel backward) against onnx2torch's own graph
+(``nn.Module`` calls, torch's PReLU backward), interleaved in one process on this machine:
+arcface-mbf, the balanced preset's surrogate, at batch 1 (a lone photo's step) and batch 8 (an
+album's MMD group), and one batch-1 forward with 10 backwards through it (the greedy step's K
+candidate gradients), channels-last as the attack runs it. Also checks that the input gradients
+are equal.
 
     python benchmarks/bench_prelu.py [--rounds 8] [--out benchmarks/results]
 """
@@ -21,7 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from tipim.models import ZooEmbedder
-from tipim.models.prelu import FastPReLU
+from tipim.models.zoo import _onnx_to_torch
+from tipim.zoo.registry import artifact_path
 
 
 def gradients(model, x, v) -> list[torch.Tensor]:
@@ -41,10 +44,11 @@ def step_ms(model, x, v, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def use_torchs(model, on: bool) -> None:
-    for mod in model.modules():
-        if isinstance(mod, FastPReLU):
-            mod.fast = not on
+def converters() -> ZooEmbedder:
+    """The zoo model with onnx2torch's graph, as converted (the same weights and preprocessing)."""
+    plain = ZooEmbedder("arcface-mbf")
+    plain.net = _onnx_to_torch(artifact_path("arcface-mbf"), direct=False).eval().requires_grad_(False)
+    return plain.to(memory_format=torch.channels_last)
 
 
 def main():
@@ -53,22 +57,20 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     model = ZooEmbedder("arcface-mbf").to(memory_format=torch.channels_last)
+    models = {"torch": converters(), "fast": model}
     g = torch.Generator().manual_seed(0)
     rows = []
     for batch, backwards in ((1, 1), (8, 1), (1, 10)):
         x = torch.rand(batch, 3, 112, 112, generator=g)
         v = torch.randn(backwards, batch, model.dim, generator=g)
         grads = {}
-        for name, torchs in (("torch", True), ("fast", False)):
-            use_torchs(model, torchs)
-            grads[name] = gradients(model, x, v)
+        for name, net in models.items():
+            grads[name] = gradients(net, x, v)
         times = {"torch": [], "fast": []}
         for _ in range(a.rounds):
-            for name, torchs in (("torch", True), ("fast", False)):
-                use_torchs(model, torchs)
-                step_ms(model, x, v, 3)  # warm
-                times[name].append(step_ms(model, x, v, max(3, 20 // backwards)))
-        use_torchs(model, False)
+            for name, net in models.items():
+                step_ms(net, x, v, 3)  # warm
+                times[name].append(step_ms(net, x, v, max(3, 20 // backwards)))
         row = {"batch": batch, "backwards": backwards, "torch_ms": round(statistics.median(times["torch"]), 2),
                "fast_ms": round(statistics.median(times["fast"]), 2),
                "same_gradient": all(torch.equal(a, b) for a, b in zip(grads["torch"], grads["fast"]))}
@@ -80,11 +82,11 @@ def main():
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "prelu_backward.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
-    lines = [f"# arcface-mbf forward + input-gradient backward: tipim's PReLU against torch's ({meta['machine']}, "
+    lines = [f"# arcface-mbf forward + input-gradient backward: the zoo's graph against onnx2torch's ({meta['machine']}, "
              f"{meta['cores']} cores, {meta['threads']} threads, torch {meta['torch']}, {meta['date']})", "",
              "`benchmarks/bench_prelu.py`: both in one process, interleaved over "
              f"{a.rounds} rounds of 20 steps each (3 with 10 backwards); each cell the median of the rounds' medians. Channels-last, fp32.", "",
-             "| batch | backwards per forward | torch's PReLU (ms) | tipim.models.prelu (ms) | speed-up | same input gradients (bits) |",
+             "| batch | backwards per forward | onnx2torch's graph (ms) | the zoo's (ms) | speed-up | same input gradients (bits) |",
              "|---|---|---|---|---|---|"]
     lines += [f"| {r['batch']} | {r['backwards']} | {r['torch_ms']} | {r['fast_ms']} | {r['speedup']}x | {'yes' if r['same_gradient'] else 'NO'} |"
               for r in rows]

@@ -209,28 +209,29 @@ def test_fast_prelu_under_batched_gradients_and_torch_compile():
     compiled = torch.compile(lambda v: prelu(v, w) * 2, backend="aot_eager")
     assert torch.equal(torch.autograd.grad(compiled(c), c, cot[0])[0], torch.autograd.grad(F.prelu(a, w) * 2, a, cot[0])[0])
 
-def test_converted_onnx_prelus_take_the_fast_backward_with_the_same_gradients(zoo):
-    from onnx2torch.node_converters.activations import OnnxPReLU
+def test_zoo_onnx_graphs_call_prelu_and_conv_directly_with_the_converters_bits(zoo):
+    """arcface-mbf as the zoo loads it (PReLUs and convolutions called as functions, the PReLU's
+    faster backward) against onnx2torch's own graph: the same parameters, outputs and input
+    gradients, bit for bit, channels-last (as the attack runs it) and not."""
+    from tipim.models.prelu import onnx_prelu
+    from tipim.models.zoo import _onnx_to_torch
+    from tipim.zoo.registry import artifact_path
 
-    from tipim.models.prelu import FastPReLU
-
-    m = zoo("arcface-mbf")
-    fast = [mod for mod in m.net.modules() if isinstance(mod, FastPReLU)]
-    onnx_prelus = [mod for mod in m.net.modules() if type(mod) is OnnxPReLU]
-    assert len(fast) == 34 and {id(f.fallback) for f in fast} == {id(mod) for mod in onnx_prelus}  # each kept only as its fallback
+    fast = zoo("arcface-mbf").net
+    plain = _onnx_to_torch(artifact_path("arcface-mbf"), direct=False).eval()
+    calls = [n.target for n in fast.graph.nodes if n.op == "call_function"]
+    assert calls.count(onnx_prelu) == 34 and calls.count(torch.conv2d) == 49
+    assert not any(isinstance(fast.get_submodule(n.target), torch.nn.Conv2d) for n in fast.graph.nodes if n.op == "call_module")
+    assert fast.state_dict().keys() == plain.state_dict().keys()
     x = torch.rand(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
-    v = torch.randn(2, m.dim, generator=torch.Generator().manual_seed(2))
-
-    def grad():
-        xx = x.clone().requires_grad_(True)
-        return torch.autograd.grad(m(xx), xx, v)[0]
-
-    got = grad()
-    for mod in fast:  # torch's own PReLU backward, through the converter's module
-        mod.fast = False
-    try:
-        want = grad()
-    finally:
-        for mod in fast:
-            mod.fast = True
-    assert torch.equal(got, want)
+    v = torch.randn(2, 512, generator=torch.Generator().manual_seed(2))
+    was = torch.channels_last if fast.get_parameter("Conv_0.weight").is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        outs = []
+        for net in (fast, plain):
+            net.to(memory_format=fmt)
+            xx = x.clone().contiguous(memory_format=fmt).requires_grad_(True)
+            y = net(xx)
+            outs.append((y.detach(), torch.autograd.grad(y, xx, v)[0]))
+        fast.to(memory_format=was)  # the session's shared model as it was
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), fmt

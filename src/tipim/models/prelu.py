@@ -10,7 +10,8 @@ exactly. ``x * 1`` and ``x * w`` are torch's own PReLU values, and autograd's ba
 product, ``g * d``, rounds as torch's kernel does, so output and gradient are the same to the
 bit (tested, with exact zeros and negative slopes). The backward is then one C++ kernel: no
 Python in autograd's loop, and several backwards through one graph (the greedy step's K
-candidate gradients) share ``d``. fp32 forward and backward of arcface-mbf:
+candidate gradients) share ``d``. ``call_directly`` puts it (and the convolutions) into the zoo's
+converted ONNX graphs. fp32 forward and backward of arcface-mbf against onnx2torch's own graph:
 ``benchmarks/results/prelu_backward.md``.
 """
 
@@ -32,33 +33,43 @@ def prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return x * d
 
 
-class FastPReLU(nn.Module):
-    """onnx2torch's ``OnnxPReLU`` call, ``(input, slope)`` with the slope a graph constant, through
-    ``prelu``; a slope of another shape than one per channel (or one for all) keeps the
-    converter's own formula. ``fast = False`` runs the converter's module (torch's backward), for
-    comparing the two."""
-
-    def __init__(self, fallback: nn.Module):
-        super().__init__()
-        self.fallback, self.fast = fallback, True
-
-    def forward(self, x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
-        per_channel = slope.numel() == 1 or (x.dim() > 1 and slope.shape[0] == x.shape[1] and all(s == 1 for s in slope.shape[1:]))
-        if not (self.fast and per_channel) or torch.onnx.is_in_onnx_export():
-            return self.fallback(x, slope)
+def onnx_prelu(x: torch.Tensor, slope: torch.Tensor) -> torch.Tensor:
+    """onnx2torch's ``OnnxPReLU()(x, slope)`` through ``prelu`` when the slope is one per channel
+    or one for all (the converter's own test); any other slope keeps the converter's formula."""
+    if slope.numel() == 1 or (x.dim() > 1 and slope.shape[0] == x.shape[1] and all(s == 1 for s in slope.shape[1:])):
         return prelu(x, slope.reshape(-1))
-
-
-def speed_up_prelu(net: nn.Module) -> nn.Module:
-    """``net`` (converted by onnx2torch) with each ``OnnxPReLU`` routed through ``prelu``: the
-    same outputs and gradients, bit for bit; in place, returned for chaining."""
     from onnx2torch.node_converters.activations import OnnxPReLU
 
-    for name, module in list(net.named_modules()):
-        if type(module) is OnnxPReLU:
-            parent, _, leaf = name.rpartition(".")
-            setattr(net.get_submodule(parent) if parent else net, leaf, FastPReLU(module))
+    return OnnxPReLU()(x, slope)
+
+
+def call_directly(net: nn.Module) -> nn.Module:
+    """``net`` (an onnx2torch ``GraphModule``) with each ``OnnxPReLU`` call replaced by
+    ``onnx_prelu`` and each zero-padded ``Conv2d`` call by ``torch.conv2d`` on the module's own
+    parameters: the same kernels and bits, without ``nn.Module``'s call path (~1 ms of Python per
+    forward of MobileFaceNet's 83 calls on the CPU, where a batch-1 forward takes ~10 ms). The
+    modules stay registered: parameters, ``state_dict`` and ``.to()`` are unchanged. In place,
+    returned for chaining."""
+    from onnx2torch.node_converters.activations import OnnxPReLU
+
+    graph = net.graph
+    for node in list(graph.nodes):
+        if node.op != "call_module":
+            continue
+        module = net.get_submodule(node.target)
+        with graph.inserting_before(node):
+            if type(module) is OnnxPReLU:
+                call = graph.call_function(onnx_prelu, node.args, node.kwargs)
+            elif type(module) is nn.Conv2d and module.padding_mode == "zeros" and len(node.args) == 1 and not node.kwargs:
+                weight = graph.get_attr(f"{node.target}.weight")
+                bias = graph.get_attr(f"{node.target}.bias") if module.bias is not None else None
+                call = graph.call_function(torch.conv2d, (node.args[0], weight, bias, module.stride, module.padding, module.dilation, module.groups))
+            else:
+                continue
+        node.replace_all_uses_with(call)
+        graph.erase_node(node)
+    net.recompile()
     return net
 
 
-__all__ = ["FastPReLU", "prelu", "speed_up_prelu"]
+__all__ = ["call_directly", "onnx_prelu", "prelu"]

@@ -18,14 +18,16 @@ from tipim.models.base import Embedder
 from tipim.zoo.registry import MODELS, artifact_path
 
 
-def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
+def _onnx_to_torch(path: str | Path, batch_free: bool = False, direct: bool = True) -> nn.Module:
     """Convert an ONNX graph; ``batch_free`` lets a graph exported at batch 1 take any batch.
 
     Trailing empty optional inputs (``Clip(x, min, "")``) are dropped, since onnx2torch reads them
     as missing constants. With ``batch_free``, a constant ``Reshape`` target that starts with 1 (the
     export's batch) starts with 0 instead, which ONNX reads as "keep the input's first dimension";
-    the zoo test checks the result against onnxruntime image by image. PReLUs get the faster CPU
-    backward of ``tipim.models.prelu`` (the same gradients, bit for bit).
+    the zoo test checks the result against onnxruntime image by image. ``direct``: PReLUs and
+    convolutions called as functions, the PReLUs with the faster CPU backward of
+    ``tipim.models.prelu`` (the same outputs and gradients, bit for bit); False leaves onnx2torch's
+    graph as it converts it (for comparing the two).
     """
     import warnings
 
@@ -33,7 +35,7 @@ def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
     from onnx import numpy_helper
     from onnx2torch import convert
 
-    from tipim.models.prelu import speed_up_prelu
+    from tipim.models.prelu import call_directly
 
     # onnx2torch's Slice indexes with a list (a torch deprecation it has not caught up with)
     warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing", category=UserWarning)
@@ -48,7 +50,8 @@ def _onnx_to_torch(path: str | Path, batch_free: bool = False) -> nn.Module:
             if shape.size and shape[0] == 1:
                 shape[0] = 0
                 t.CopyFrom(numpy_helper.from_array(shape, t.name))
-    return speed_up_prelu(convert(model))
+    net = convert(model)
+    return call_directly(net) if direct else net
 
 
 def _zoo_settings(name: str) -> dict:
