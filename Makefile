@@ -37,10 +37,11 @@ demo: setup ## protect the packaged sample faces with TIP-IM on arcface-mbf (run
 	$(BIN)/tipim data demo --out data/demo
 	$(BIN)/tipim protect --config configs/protect.yaml --config configs/method/tipim.yaml --config configs/demo.yaml
 
-bench: setup ## engine vs the official algorithm's loop, ablations, the PReLU backward, seconds per photo by preset, 12 MP detection (benchmarks/results)
+bench: setup ## engine vs the official algorithm's loop, ablations, the zoo's graph vs onnx2torch's, seconds per photo by preset and against issue 25's filing commit, 12 MP detection (benchmarks/results)
 	$(BIN)/python benchmarks/bench_engine.py
 	$(BIN)/python benchmarks/bench_prelu.py
 	$(BIN)/python benchmarks/bench_presets.py
+	$(BIN)/python benchmarks/bench_against.py 01144fd
 	$(BIN)/python benchmarks/bench_detect.py
 
 adaptive: setup ## issue 24's adaptive attackers: protect 240 photos of people outside every test set, train a purifier, an adapted recogniser and a student on them (~30 min on 2 cores; runs/adaptive)
