@@ -52,7 +52,7 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, k
     # norms are the product's diagonal, so a row's distance to itself is exactly 0. Computed
     # outside autocast: the distances cancel norms of ~1e4 down to ~1, below half precision.
     with torch.autocast(x.device.type, enabled=False):
-        gram = _Gram.apply(x, y) if x.requires_grad and not y.requires_grad and torch.is_grad_enabled() else _Gram.forward(None, x, y)
+        gram = _Gram.apply(x, y) if x.requires_grad and not y.requires_grad and torch.is_grad_enabled() else _pair_gram(x, y)[1]
     sq = gram.diagonal(dim1=-2, dim2=-1)
     d2 = (sq[..., :, None] + sq[..., None, :] - 2 * gram).clamp_min(0)
     bandwidth = (d2.detach().sum(dim=(-2, -1), keepdim=True) / max(n * n - n, 1)).clamp_min(1e-12)
@@ -60,21 +60,26 @@ def gaussian_kernel(x: torch.Tensor, y: torch.Tensor, kernel_mul: float = 2.0, k
     return sum(torch.exp(-d2 / (bandwidth * kernel_mul**i)) for i in range(kernel_num))
 
 
+def _pair_gram(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rows of [x; y] as (sets, n, d), in float32 at least, and per set their Gram matrix (..., n, n)."""
+    z = torch.cat([x, y], dim=-2)
+    z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
+    n = z.shape[-2]
+    flat = z.reshape(-1, n, z.shape[-1])
+    return flat, torch.stack([m @ m.T for m in flat]).view(*z.shape[:-1], n) if len(flat) else z.new_zeros(*z.shape[:-1], n)
+
+
 class _Gram(torch.autograd.Function):
-    """Per set, the Gram matrix of the rows of [x; y] (..., n, n), in float32 at least; the
-    backward is ``x``'s rows only (``y``, the originals' views, has no gradient): half of
-    autograd's two (n, n) x (n, d) products, each row the same sums as autograd's."""
+    """``_pair_gram``'s Gram matrix with a backward for ``x``'s rows only (``y``, the originals'
+    views, has no gradient): half of autograd's two (n, n) x (n, d) products, each row the same
+    sums as autograd's."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        z = torch.cat([x, y], dim=-2)
-        z = z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
-        n = z.shape[-2]
-        flat = z.reshape(-1, n, z.shape[-1])
-        if ctx is not None:
-            ctx.save_for_backward(flat)
-            ctx.rows, ctx.x_shape, ctx.x_dtype = x.shape[-2], x.shape, x.dtype
-        return torch.stack([m @ m.T for m in flat]).view(*z.shape[:-1], n) if len(flat) else z.new_zeros(*z.shape[:-1], n)
+        flat, gram = _pair_gram(x, y)
+        ctx.save_for_backward(flat)
+        ctx.rows, ctx.x_shape, ctx.x_dtype = x.shape[-2], x.shape, x.dtype
+        return gram
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
