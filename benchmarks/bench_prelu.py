@@ -12,6 +12,7 @@ are equal.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -44,9 +45,9 @@ def step_ms(model, x, v, repeats: int) -> float:
     return statistics.median(times) * 1000
 
 
-def converters() -> ZooEmbedder:
-    """The zoo model with onnx2torch's graph, as converted (the same weights and preprocessing)."""
-    plain = ZooEmbedder("arcface-mbf")
+def converters(model: ZooEmbedder) -> ZooEmbedder:
+    """``model`` with onnx2torch's graph, as converted (the same weights and preprocessing)."""
+    plain = copy.deepcopy(model)
     plain.net = _onnx_to_torch(artifact_path("arcface-mbf"), direct=False).eval().requires_grad_(False)
     return plain.to(memory_format=torch.channels_last)
 
@@ -57,7 +58,7 @@ def main():
     ap.add_argument("--out", default="benchmarks/results")
     a = ap.parse_args()
     model = ZooEmbedder("arcface-mbf").to(memory_format=torch.channels_last)
-    models = {"torch": converters(), "fast": model}
+    models = {"torch": converters(model), "fast": model}
     g = torch.Generator().manual_seed(0)
     rows = []
     for batch, backwards in ((1, 1), (8, 1), (1, 10)):

@@ -63,7 +63,8 @@ class ResizePad(nn.Module):
         self.prob, self.rate = prob, rate
 
     def forward(self, x: torch.Tensor, rng: PerImageRandom | None = None) -> torch.Tensor:
-        u = rng_for(x, rng).rand(4, dtype=torch.float64).to(x.device)
+        drawn = rng_for(x, rng).rand(4, dtype=torch.float64, device="cpu")
+        u = drawn.to(x.device)
         s = x.shape[-1]
         big = int(s * self.rate)
         rnd = s + (u[:, 1] * (big - s)).floor()  # as torch.randint(s, big)
@@ -74,9 +75,8 @@ class ResizePad(nn.Module):
         theta[:, 0, 0] = theta[:, 1, 1] = a.to(x.dtype)
         theta[:, 0, 2] = (a - 1 - 2 * left / rnd).to(x.dtype)
         theta[:, 1, 2] = (a - 1 - 2 * top / rnd).to(x.dtype)
-        y = F.grid_sample(x, affine_grid(theta, x.shape[-2], x.shape[-1]), mode="bilinear", padding_mode="zeros", align_corners=False)
-        keep = (u[:, 0] < self.prob).view(-1, 1, 1, 1)
-        return torch.where(keep, y, x)
+        warp = lambda: F.grid_sample(x, affine_grid(theta, x.shape[-2], x.shape[-1]), mode="bilinear", padding_mode="zeros", align_corners=False)  # noqa: E731
+        return chosen(drawn[:, 0] < self.prob, warp, x)
 
 
 def draw_affine(rng: PerImageRandom, views: int, degrees: float, translate: float, scale: tuple[float, float]) -> tuple[torch.Tensor, ...]:
